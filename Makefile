@@ -1,0 +1,36 @@
+# Two commands: `make run` (dev mode: embedded broker, vendor sandboxes, demo traffic) and `make test`.
+PYTHON ?= python3.11
+UV_VERSION := 0.13.8
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+
+.PHONY: run test lint typecheck unit bench clean env
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --python $(PYTHON) --all-extras
+	touch $@
+
+env: $(VENV)/.synced
+
+run: env
+	$(VENV)/bin/conversion-relay dev
+
+lint: env
+	$(VENV)/bin/ruff check service tests
+	$(VENV)/bin/ruff format --check service tests
+	$(VENV)/bin/mypy
+
+test: env lint
+	$(VENV)/bin/pytest
+
+unit: env
+	$(VENV)/bin/pytest tests/unit
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,203 @@
+"""The sandbox server shared by every protocol: recording, fault injection, up/down control."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiohttp import web
+
+CONTROL_PREFIX = "/_sandbox"
+
+
+@dataclass
+class Faults:
+    """What the sandbox does wrong on purpose; change the fields at any time."""
+
+    error_rate: float = 0.0  # share of requests answered with error_status
+    error_status: int = 503
+    latency_s: float = 0.0  # added before every answer
+    latency_jitter_s: float = 0.0  # plus a uniform random extra in [0, latency_jitter_s]
+    throttle_rate: float = 0.0  # share of requests answered 429 with Retry-After
+    retry_after_s: int | None = None  # when set: every request is answered 429 + Retry-After
+    rate_limit_per_s: float | None = None  # above this rate (1 s window): 429
+    reject_next: int = 0  # the next N valid requests get the protocol's documented rejection
+
+
+@dataclass
+class Received:
+    """One request as the sandbox saw it."""
+
+    at_s: float  # time.time() on receipt
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    payload: Any = None  # the validated, parsed body
+
+
+class Verdict(Protocol):
+    """A contract's answer to one request: accepted (with the parsed payload) or an error."""
+
+    response: web.StreamResponse
+    payload: Any
+
+
+@dataclass
+class Accepted:
+    """The request satisfied the contract."""
+
+    response: web.StreamResponse
+    payload: Any
+
+
+@dataclass
+class Refused:
+    """The request broke the contract; the response is the vendor's documented error."""
+
+    response: web.StreamResponse
+    payload: Any = None
+    reason: str = ""
+
+
+class Contract(Protocol):
+    """One protocol's strict rules."""
+
+    name: str
+
+    def check(self, request: web.Request, body: bytes) -> Accepted | Refused:
+        """Validate one request exactly as the vendor's doc says."""
+        ...
+
+    def rejection(self) -> web.StreamResponse:
+        """The vendor's documented permanent rejection (used by `reject_next`)."""
+        ...
+
+
+@dataclass
+class Sandbox:
+    """A strict fake vendor on a loopback port; `stop`/`go_down` close it, `go_up` reopens it."""
+
+    contract: Contract
+    faults: Faults = field(default_factory=Faults)
+    accepted: list[Received] = field(default_factory=list)
+    refused: list[Received] = field(default_factory=list)
+    request_times_s: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = 0
+    rng: Callable[[], float] = random.random
+    _runner: web.AppRunner | None = None
+    _site: web.TCPSite | None = None
+
+    @property
+    def base_url(self) -> str:
+        """Where the adapters should send requests."""
+        return f"http://{self.host}:{self.port}"
+
+    def make_app(self) -> web.Application:
+        """The aiohttp app: the control routes, then every other path goes to the contract."""
+        app = web.Application(client_max_size=4 * 1024 * 1024)
+        app.router.add_get(f"{CONTROL_PREFIX}/stats", self._stats)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        return app
+
+    async def start(self) -> str:
+        """Listen on the configured (or a free) loopback port; return the base URL."""
+        self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await self._open()
+        return self.base_url
+
+    async def _open(self) -> None:
+        assert self._runner is not None
+        self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await self._site.start()
+        server = self._site._server
+        if self.port == 0 and server is not None:
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def go_down(self) -> None:
+        """Close the listening socket and open connections: clients get connection refused."""
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
+
+    async def go_up(self) -> None:
+        """Listen again on the same port."""
+        if self._site is None:
+            await self._open()
+
+    async def stop(self) -> None:
+        """Shut the server down for good."""
+        await self.go_down()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def reset(self) -> None:
+        """Forget what was received and clear every fault."""
+        self.accepted.clear()
+        self.refused.clear()
+        self.request_times_s.clear()
+        self.statuses.clear()
+        self.faults = Faults()
+
+    def payloads(self) -> list[Any]:
+        """The parsed bodies of every accepted request, in arrival order."""
+        return [r.payload for r in self.accepted]
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response({
+            "accepted": len(self.accepted), "refused": len(self.refused),
+            "statuses": {str(k): v for k, v in self.statuses.items()},
+        })
+
+    def _answer(self, response: web.StreamResponse) -> web.StreamResponse:
+        self.statuses[response.status] = self.statuses.get(response.status, 0) + 1
+        return response
+
+    def _over_rate(self, now_s: float) -> bool:
+        limit = self.faults.rate_limit_per_s
+        if limit is None:
+            return False
+        times = self.request_times_s
+        window = [t for t in times[-int(limit * 2) - 2 :] if now_s - t < 1.0]
+        return len(window) > limit
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        now_s = time.time()
+        self.request_times_s.append(now_s)
+        faults = self.faults
+        delay_s = faults.latency_s + faults.latency_jitter_s * self.rng()
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        if faults.retry_after_s is not None or (
+            faults.throttle_rate > 0 and self.rng() < faults.throttle_rate
+        ):
+            wait_s = faults.retry_after_s if faults.retry_after_s is not None else 1
+            return self._answer(web.Response(status=429, headers={"Retry-After": str(wait_s)}))
+        if self._over_rate(now_s):
+            return self._answer(web.Response(status=429, headers={"Retry-After": "1"}))
+        if faults.error_rate > 0 and self.rng() < faults.error_rate:
+            return self._answer(web.Response(status=faults.error_status))
+        verdict = self.contract.check(request, body)
+        received = Received(
+            at_s=now_s, method=request.method, path=request.path, query=dict(request.query),
+            headers=dict(request.headers), body=body, payload=verdict.payload,
+        )
+        if isinstance(verdict, Refused):
+            self.refused.append(received)
+            return self._answer(verdict.response)
+        if faults.reject_next > 0:
+            faults.reject_next -= 1
+            self.refused.append(received)
+            return self._answer(self.contract.rejection())
+        self.accepted.append(received)
+        return self._answer(verdict.response)
