@@ -80,3 +80,19 @@ class Metrics:
         self.consumer_lag = Gauge(
             f"{p}_consumer_lag", "High watermark minus committed offset, per vendor group.",
             ["vendor", "topic", "partition"], registry=r)
+        self.ratelimit_fallback = Gauge(
+            f"{p}_ratelimit_fallback",
+            "1 while the shared (Redis) rate limit is unreachable and this replica limits alone.",
+            ["vendor"], registry=r)
+        self.ratelimit_wait_seconds = Counter(
+            f"{p}_ratelimit_wait_seconds_total", "Seconds requests waited for the rate limiter.",
+            ["vendor"], registry=r)
+        self.retry_after_pauses = Counter(
+            f"{p}_retry_after_pauses_total", "Vendor-wide pauses ordered by a Retry-After answer.",
+            ["vendor"], registry=r)
+        self.concurrency_limit = Gauge(
+            f"{p}_concurrency_limit", "Requests a vendor may have in flight now (adaptive).",
+            ["vendor"], registry=r)
+        self.breaker_state = Gauge(
+            f"{p}_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+            ["vendor"], registry=r)

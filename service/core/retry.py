@@ -1,4 +1,17 @@
-"""Retry policy: HTTP status → action, exponential backoff with full jitter, Retry-After."""
+"""Retry policy, pure: HTTP status → action (per-vendor table), the retry budget, exponential
+backoff with full jitter, and Retry-After.
+
+The default meaning of a status (`default_action`):
+
+    2xx                         delivered
+    408, 425, 429               retry      (timeout, too early, too many requests)
+    5xx except 501              retry      (501 Not Implemented will not start working)
+    every other status          reject     (4xx: this event is wrong; 1xx/3xx: unexpected)
+    timeouts, network errors    retry      (`error_outcome`)
+
+A vendor's `status_actions` config overrides single statuses (e.g. `409: delivered` for a
+vendor that answers a duplicate with Conflict); `StatusTable` is that table.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +19,33 @@ import email.utils
 import math
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Annotated
 
-from service.vendors.base import Outcome, OutcomeKind
+import msgspec
+
+from service.errors import RelayError, VendorTimeout
+from service.vendors.base import Outcome, OutcomeKind, RetryConfig
+
+__all__ = [
+    "HttpStatus",
+    "StatusActions",
+    "StatusTable",
+    "backoff_s",
+    "classify_status",
+    "default_action",
+    "error_outcome",
+    "parse_retry_after",
+    "retry_delay_s",
+    "should_retry",
+]
 
 # 501 Not Implemented will not start working on a retry; every other 5xx may.
 _RETRIABLE_4XX = frozenset({408, 425, 429})
 _NOT_RETRIABLE_5XX = frozenset({501})
+
+HttpStatus = Annotated[int, msgspec.Meta(ge=100, le=599)]
+# The config form of per-vendor overrides: `status_actions: {409: delivered, 404: retry}`.
+StatusActions = dict[HttpStatus, OutcomeKind]
 
 
 def default_action(status: int) -> OutcomeKind:
@@ -23,11 +57,37 @@ def default_action(status: int) -> OutcomeKind:
     return OutcomeKind.REJECT
 
 
+class StatusTable:
+    """A vendor's status → action table: the defaults with that vendor's overrides on top."""
+
+    def __init__(self, overrides: Mapping[int, OutcomeKind] | None = None) -> None:
+        self.overrides: Mapping[int, OutcomeKind] = dict(overrides or {})
+
+    def action(self, status: int) -> OutcomeKind:
+        """What `status` means for this vendor."""
+        return self.overrides.get(status) or default_action(status)
+
+    def apply(self, outcome: Outcome) -> Outcome:
+        """An adapter's outcome with this vendor's override for its status, if there is one."""
+        kind = self.overrides.get(outcome.status) if outcome.status is not None else None
+        if kind is None or kind is outcome.kind:
+            return outcome
+        reason = "" if kind is OutcomeKind.DELIVERED else outcome.reason or f"http_{outcome.status}"
+        return msgspec.structs.replace(outcome, kind=kind, reason=reason)
+
+
+_DEFAULT_TABLE = StatusTable()
+
+
 def classify_status(
-    status: int, headers: Mapping[str, str], detail: str = "", now: datetime | None = None
+    status: int,
+    headers: Mapping[str, str],
+    detail: str = "",
+    now: datetime | None = None,
+    table: StatusTable | None = None,
 ) -> Outcome:
     """Classify an answer by its status alone, reading Retry-After when the answer asks to wait."""
-    kind = default_action(status)
+    kind = (table or _DEFAULT_TABLE).action(status)
     retry_after = None
     if kind is OutcomeKind.RETRY:
         retry_after = parse_retry_after(headers.get("Retry-After"), now or datetime.now(UTC))
@@ -38,6 +98,18 @@ def classify_status(
         status=status,
         retry_after_s=retry_after,
     )
+
+
+def error_outcome(error: RelayError) -> Outcome:
+    """The outcome of an exchange that failed below HTTP: retry if the error is retriable."""
+    if isinstance(error, VendorTimeout):
+        reason = "timeout"
+    elif error.retriable:
+        reason = "unreachable"
+    else:
+        reason = "error"
+    kind = OutcomeKind.RETRY if error.retriable else OutcomeKind.REJECT
+    return Outcome(kind=kind, reason=reason, detail=str(error))
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
@@ -56,9 +128,33 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
-def backoff_s(
-    attempt: int, initial_s: float, max_s: float, random: Callable[[], float]
-) -> float:
+def backoff_s(attempt: int, initial_s: float, max_s: float, random: Callable[[], float]) -> float:
     """Full-jitter exponential backoff before retry number `attempt` (1 = first retry)."""
     ceiling = min(max_s, initial_s * math.pow(2.0, max(0, attempt - 1)))
     return ceiling * random()
+
+
+def should_retry(
+    attempt: int, first_attempt_at_s: float, now_s: float, config: RetryConfig
+) -> bool:
+    """Whether the budget allows another try after `attempt` tries, the first at the given time."""
+    return attempt < config.max_attempts and now_s - first_attempt_at_s < config.max_elapsed_s
+
+
+def retry_delay_s(
+    outcome: Outcome,
+    attempt: int,
+    first_attempt_at_s: float,
+    now_s: float,
+    config: RetryConfig,
+    random: Callable[[], float],
+) -> float | None:
+    """Seconds before the next try (backoff, at least Retry-After); None when it may not happen."""
+    if not outcome.retriable or not should_retry(attempt, first_attempt_at_s, now_s, config):
+        return None
+    delay_s = backoff_s(attempt, config.initial_backoff_s, config.max_backoff_s, random)
+    if outcome.retry_after_s is not None:
+        delay_s = max(delay_s, outcome.retry_after_s)
+    if now_s + delay_s - first_attempt_at_s > config.max_elapsed_s:
+        return None
+    return delay_s
