@@ -1,0 +1,1 @@
+"""The I/O shells of delivery: pipeline, sender, rate limiters, dedup and dead letters."""

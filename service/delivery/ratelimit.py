@@ -1,0 +1,342 @@
+"""Rate limiters (the I/O shell around `service.core.ratelimit`): wait for a vendor's slot, and
+pause a whole vendor when it answers 429/503 with Retry-After.
+
+    RateLimiter (protocol)
+    ├── LocalRateLimiter   one token bucket per vendor (and account) in this process
+    └── RedisRateLimiter   GCRA in one Lua script on Redis, shared by every replica;
+                           falls back to a LocalRateLimiter at per_s / replicas while Redis
+                           is unreachable, and returns to Redis by itself (re-probed every
+                           `reprobe_s`)
+
+`acquire()` reserves the caller's slot and sleeps until it (one Redis round trip per request,
+FIFO). A Retry-After pause is vendor-wide: every `acquire()` for that vendor waits it out,
+and a slot whose time fell inside a pause is reserved again after it, so the queue does not
+burst when the pause ends. With Redis the pause is a key with a PX expiry that the same script
+checks, so one replica's 429 pauses them all.
+
+Keys: `{prefix}ratelimit:{vendor}[:account]` (GCRA theoretical arrival time, expires when idle)
+and `{prefix}pause:{vendor}`; the `{vendor}` hash tag keeps both in one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
+
+import redis.asyncio
+import redis.exceptions
+
+from service.core.ratelimit import RateLimitConfig, TokenBucket
+from service.delivery.redis_config import RedisConfig
+from service.metrics import Metrics
+
+__all__ = ["REDIS_ERRORS", "LocalRateLimiter", "RateLimiter", "RedisRateLimiter"]
+
+log = logging.getLogger("conversion_relay.ratelimit")
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+# What "Redis is unreachable" looks like; any of these switches the limiter to its fallback.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+
+# service.core.ratelimit.gcra(), line for line, on Redis' clock, behind the vendor's pause key.
+# KEYS[1] GCRA state, KEYS[2] pause; ARGV[1] emission interval s (0 = unlimited), ARGV[2] burst,
+# ARGV[3] max wait s (negative = unbounded: reserve). Returns {allowed, wait µs, paused}.
+GCRA_LUA = """
+redis.replicate_commands()
+local pause_ms = redis.call('PTTL', KEYS[2])
+if pause_ms > 0 then
+  return {0, pause_ms * 1000, 1}
+end
+local interval = tonumber(ARGV[1])
+if interval <= 0 then
+  return {1, 0, 0}
+end
+local burst = tonumber(ARGV[2])
+local max_wait = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local start = math.max(tat, now)
+local wait = math.max(0, start - now - (burst - 1) * interval)
+if max_wait >= 0 and wait > max_wait then
+  return {0, math.ceil(wait * 1000000), 0}
+end
+local new_tat = start + interval
+redis.call('SET', KEYS[1], string.format('%.6f', new_tat),
+           'PX', math.ceil((new_tat - now) * 1000) + 1000)
+return {1, math.ceil(wait * 1000000), 0}
+"""
+
+# Extend (never shorten) a vendor's pause. KEYS[1] pause; ARGV[1] ms. Returns 1 if extended.
+PAUSE_LUA = """
+local ms = tonumber(ARGV[1])
+if redis.call('PTTL', KEYS[1]) >= ms then
+  return 0
+end
+redis.call('SET', KEYS[1], '1', 'PX', ms)
+return 1
+"""
+
+
+class RateLimiter(Protocol):
+    """Waits for a vendor's rate limit and honours vendor-wide Retry-After pauses."""
+
+    async def acquire(self, vendor: str, account: str = "") -> float:
+        """Wait until a request to `vendor` (for `account`) may go; return the seconds waited."""
+        ...
+
+    async def pause_until(self, vendor: str, until_epoch_s: float) -> None:
+        """Hold every request to `vendor` until the given epoch time (extends, never shortens)."""
+        ...
+
+    async def paused_for_s(self, vendor: str) -> float:
+        """Seconds the vendor stays paused (0.0 when it is not)."""
+        ...
+
+
+class LocalRateLimiter:
+    """Token buckets in this process: one per (vendor, account); vendors without a limit pass."""
+
+    def __init__(
+        self,
+        limits: Mapping[str, RateLimitConfig | None],
+        *,
+        metrics: Metrics | None = None,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._limits = dict(limits)
+        self._metrics = metrics
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._sleep = sleep
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
+        self._paused_until: dict[str, float] = {}  # vendor → monotonic time
+
+    async def acquire(self, vendor: str, account: str = "") -> float:
+        """Reserve the next slot and sleep until it, sitting out any pause; return the wait."""
+        waited_s = await self._wait(vendor, account)
+        if self._metrics is not None and waited_s > 0:
+            self._metrics.ratelimit_wait_seconds.labels(vendor).inc(waited_s)
+        return waited_s
+
+    async def pause_until(self, vendor: str, until_epoch_s: float) -> None:
+        """Hold every request to `vendor` until the given epoch time (extends, never shortens)."""
+        self.pause_local(vendor, until_epoch_s)
+
+    async def paused_for_s(self, vendor: str) -> float:
+        """Seconds the vendor stays paused (0.0 when it is not)."""
+        return self.pause_left_s(vendor)
+
+    def pause_local(self, vendor: str, until_epoch_s: float) -> bool:
+        """Record a pause in this process; True if it extended the current one."""
+        until_s = self._clock() + (until_epoch_s - self._wall_clock())
+        if until_s <= self._paused_until.get(vendor, -math.inf) or until_s <= self._clock():
+            return False
+        self._paused_until[vendor] = until_s
+        if self._metrics is not None:
+            self._metrics.retry_after_pauses.labels(vendor).inc()
+        return True
+
+    def pause_left_s(self, vendor: str) -> float:
+        """Seconds left of this process' pause of `vendor`."""
+        return max(0.0, self._paused_until.get(vendor, -math.inf) - self._clock())
+
+    async def _wait(self, vendor: str, account: str) -> float:
+        waited_s = 0.0
+        while True:
+            pause_s = self.pause_left_s(vendor)
+            if pause_s > 0:
+                await self._sleep(pause_s)
+                waited_s += pause_s
+                continue
+            bucket = self._bucket(vendor, account)
+            wait_s = bucket.reserve() if bucket is not None else 0.0
+            if wait_s > 0:
+                await self._sleep(wait_s)
+                waited_s += wait_s
+            if self.pause_left_s(vendor) == 0.0:  # else the slot fell in a pause: take another
+                return waited_s
+
+    def _bucket(self, vendor: str, account: str) -> TokenBucket | None:
+        bucket = self._buckets.get((vendor, account))
+        if bucket is None:
+            config = self._limits.get(vendor)
+            if config is None:
+                return None
+            bucket = self._buckets[vendor, account] = TokenBucket.from_config(config, self._clock)
+        return bucket
+
+
+class RedisRateLimiter:
+    """GCRA on Redis shared by every replica; a local share of the limit while Redis is down."""
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        limits: Mapping[str, RateLimitConfig | None],
+        *,
+        replicas: int = 1,
+        key_prefix: str = "conversion-relay:",
+        reprobe_s: float = 5.0,
+        metrics: Metrics | None = None,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._limits = dict(limits)
+        self._prefix = key_prefix
+        self._reprobe_s = reprobe_s
+        self._metrics = metrics
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._sleep = sleep
+        self._client = client
+        self._gcra = client.register_script(GCRA_LUA)
+        self._pause = client.register_script(PAUSE_LUA)
+        shares = {v: (c.share(replicas) if c else None) for v, c in self._limits.items()}
+        # Pauses are always recorded here too, so this replica honours them even without Redis.
+        self.local = LocalRateLimiter(
+            shares, metrics=metrics, clock=clock, wall_clock=wall_clock, sleep=sleep
+        )
+        self._fallback = False
+        self._next_probe_s = -math.inf
+        self._set_fallback_gauge(0)
+
+    @classmethod
+    def from_config(
+        cls,
+        client: redis.asyncio.Redis,
+        limits: Mapping[str, RateLimitConfig | None],
+        config: RedisConfig,
+        metrics: Metrics | None = None,
+    ) -> RedisRateLimiter:
+        """A limiter with the replica count, key prefix and re-probe interval of `config`."""
+        return cls(
+            client,
+            limits,
+            replicas=config.replicas,
+            key_prefix=config.key_prefix,
+            reprobe_s=config.reprobe_s,
+            metrics=metrics,
+        )
+
+    @property
+    def fallback_active(self) -> bool:
+        """True while Redis is unreachable and this replica limits alone."""
+        return self._fallback
+
+    async def acquire(self, vendor: str, account: str = "") -> float:
+        """Reserve the next shared slot and sleep until it, sitting out any pause."""
+        waited_s = shared_waited_s = 0.0  # the local limiter counts its own waits
+        while True:
+            wait_s = self.local.pause_left_s(vendor)
+            paused = wait_s > 0
+            if not paused:
+                if not self._try_redis():
+                    waited_s += await self.local.acquire(vendor, account)
+                    break
+                try:
+                    wait_s, paused = await self._reserve(vendor, account)
+                except REDIS_ERRORS as exc:
+                    self._enter_fallback(exc)
+                    continue
+                self._leave_fallback()
+            if wait_s > 0:
+                await self._sleep(wait_s)
+                shared_waited_s += wait_s
+            # A slot that fell inside a pause (set meanwhile by any replica) is taken again.
+            if not paused and (wait_s == 0 or await self.paused_for_s(vendor) == 0):
+                break
+        if self._metrics is not None and shared_waited_s > 0:
+            self._metrics.ratelimit_wait_seconds.labels(vendor).inc(shared_waited_s)
+        return waited_s + shared_waited_s
+
+    async def pause_until(self, vendor: str, until_epoch_s: float) -> None:
+        """Pause `vendor` here and, through Redis, on every replica (extends, never shortens)."""
+        self.local.pause_local(vendor, until_epoch_s)
+        pause_ms = math.ceil((until_epoch_s - self._wall_clock()) * 1000)
+        if pause_ms <= 0 or not self._try_redis():
+            return
+        try:
+            await self._pause(keys=[self._pause_key(vendor)], args=[pause_ms])
+        except REDIS_ERRORS as exc:
+            self._enter_fallback(exc)
+        else:
+            self._leave_fallback()
+
+    async def paused_for_s(self, vendor: str) -> float:
+        """Seconds the vendor stays paused, here or by any replica (0.0 when it is not)."""
+        local_s = self.local.pause_left_s(vendor)
+        if not self._try_redis():
+            return local_s
+        try:
+            pttl_ms = int(await self._client.pttl(self._pause_key(vendor)))
+        except REDIS_ERRORS as exc:
+            self._enter_fallback(exc)
+            return local_s
+        self._leave_fallback()
+        return max(local_s, pttl_ms / 1000 if pttl_ms > 0 else 0.0)
+
+    async def _reserve(self, vendor: str, account: str) -> tuple[float, bool]:
+        config = self._limits.get(vendor)
+        interval_s = config.emission_interval_s if config else 0.0
+        burst = config.burst_requests if config else 1
+        keys = [self._bucket_key(vendor, account), self._pause_key(vendor)]
+        result = await self._gcra(keys=keys, args=[repr(interval_s), burst, -1])
+        _allowed, wait_us, paused = (int(x) for x in result)
+        return wait_us / 1_000_000, bool(paused)
+
+    def _bucket_key(self, vendor: str, account: str) -> str:
+        suffix = f":{account}" if account else ""
+        return f"{self._prefix}ratelimit:{{{vendor}}}{suffix}"
+
+    def _pause_key(self, vendor: str) -> str:
+        return f"{self._prefix}pause:{{{vendor}}}"
+
+    def _try_redis(self) -> bool:
+        """Whether to ask Redis now: always when healthy; once per `reprobe_s` while down."""
+        if not self._fallback:
+            return True
+        now_s = self._clock()
+        if now_s < self._next_probe_s:
+            return False
+        self._next_probe_s = now_s + self._reprobe_s
+        return True
+
+    def _enter_fallback(self, exc: BaseException) -> None:
+        self._next_probe_s = self._clock() + self._reprobe_s
+        if self._fallback:
+            return
+        self._fallback = True
+        self._set_fallback_gauge(1)
+        log.warning(
+            "redis unreachable (%s: %s); limiting locally at per_s/replicas, re-probing every %gs",
+            type(exc).__name__,
+            exc,
+            self._reprobe_s,
+        )
+
+    def _leave_fallback(self) -> None:
+        if not self._fallback:
+            return
+        self._fallback = False
+        self._set_fallback_gauge(0)
+        log.info("redis reachable again; rate limits are shared across replicas again")
+
+    def _set_fallback_gauge(self, value: int) -> None:
+        if self._metrics is not None:
+            for vendor in self._limits:
+                self._metrics.ratelimit_fallback.labels(vendor).set(value)
