@@ -25,7 +25,7 @@ class Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """Base of config sections: immutable, and a misspelt key is an error, not a silent default."""
 
 
-class KafkaConfig(Strict):
+class KafkaConfig(Strict, frozen=True):
     """Where the events are and how to reach the cluster."""
 
     bootstrap_servers: Annotated[list[str], msgspec.Meta(min_length=1)]
@@ -48,20 +48,20 @@ class KafkaConfig(Strict):
     enable_idempotence: bool = False
 
 
-class HttpConfig(Strict):
+class HttpConfig(Strict, frozen=True):
     """The health and metrics server."""
 
     host: str = "0.0.0.0"
     port: Port = 8080
 
 
-class DlqConfig(Strict):
+class DlqConfig(Strict, frozen=True):
     """Where dead letters go."""
 
     topic: Annotated[str, msgspec.Meta(min_length=1)] = "conversions.dlq"
 
 
-class PipelineConfig(Strict):
+class PipelineConfig(Strict, frozen=True):
     """Flow control shared by every vendor pipeline."""
 
     max_in_flight: Annotated[int, msgspec.Meta(ge=1)] = 1000
@@ -80,7 +80,7 @@ class PipelineConfig(Strict):
         return min(self.resume_below, self.max_in_flight - 1)
 
 
-class Config(Strict):
+class Config(Strict, frozen=True):
     """The whole configuration."""
 
     kafka: KafkaConfig
@@ -125,7 +125,7 @@ def _resolve_env(node: Any, path: str, env: Mapping[str, str], problems: list[st
 
 
 def _msgspec_problem(prefix: str, exc: msgspec.ValidationError) -> str:
-    """`Expected int, got str - at $.goals.purchase` → `vendors.x.goals.purchase: expected int ...`."""
+    """`Expected int, got str - at $.goals.x` → `vendors.v.goals.x: expected int, got str`."""
     message = str(exc)
     where = ""
     if " - at `$" in message:

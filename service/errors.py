@@ -32,6 +32,11 @@ class ConfigError(RelayError):
 class EventError(RelayError):
     """A record is not a valid conversion event; the message names the field and the fault."""
 
+    def __init__(self, message: str, kind: str = "schema") -> None:
+        # kind is a metric label from a fixed set: not_json | schema | tombstone | too_large
+        self.kind = kind
+        super().__init__(message)
+
 
 class VendorInputError(RelayError):
     """A valid event that a vendor's documented contract cannot accept (e.g. a field too long)."""

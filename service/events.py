@@ -76,15 +76,17 @@ _encoder = msgspec.json.Encoder()
 def decode_event(raw: bytes | None) -> ConversionEvent:
     """Decode one record value; raise EventError naming the field and what was wrong."""
     if raw is None:
-        raise EventError("record has no value (tombstone)")
+        raise EventError("record has no value (tombstone)", kind="tombstone")
     try:
         return _decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise EventError(str(exc)) from exc
     except msgspec.DecodeError as exc:
-        raise EventError(f"not valid JSON: {exc}") from exc
-    except UnicodeDecodeError as exc:  # msgspec reports most bad UTF-8 itself; this is belt and braces
-        raise EventError(f"invalid UTF-8: {exc.reason} at byte {exc.start}") from exc
+        raise EventError(f"not valid JSON: {exc}", kind="not_json") from exc
+    except UnicodeDecodeError as exc:  # msgspec reports most bad UTF-8 itself
+        raise EventError(
+            f"invalid UTF-8: {exc.reason} at byte {exc.start}", kind="not_json"
+        ) from exc
 
 
 def encode_event(event: ConversionEvent) -> bytes:

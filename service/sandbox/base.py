@@ -118,9 +118,8 @@ class Sandbox:
         assert self._runner is not None
         self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await self._site.start()
-        server = self._site._server
-        if self.port == 0 and server is not None:
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        if self.port == 0:
+            self.port = self._runner.addresses[-1][1]
 
     async def go_down(self) -> None:
         """Close the listening socket and open connections: clients get connection refused."""

@@ -14,9 +14,9 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
+from service.core.retry import classify_status
 from service.errors import VendorInputError
 from service.events import ConversionEvent, ParamValue
-from service.core.retry import classify_status
 from service.vendors.base import Outcome, Route, VendorBase, VendorRequest, VendorResponse
 
 PATH = "/outer/v1.0/goal/reach"
@@ -24,7 +24,7 @@ CREATED_ON_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 _HEADERS = {"Content-Type": "application/json"}
 
 
-class GoalReachConfig(VendorBase, tag="goal_reach"):
+class GoalReachConfig(VendorBase, frozen=True, tag="goal_reach"):
     """A goal-reach vendor: goal ids are UUIDs, the customer id comes from `customer.ids`."""
 
     goals: Mapping[str, uuid.UUID] = {}
@@ -97,7 +97,8 @@ class GoalReachAdapter:
         body = GoalReachBody(
             GoalId=_uuid_text(route.goal_id, "GoalId"),
             CustomerId=_uuid_text(
-                event.customer.ids[self._customer_key], f"customer.ids.{self._customer_key}"
+                event.customer.ids[self._customer_key],
+                f"CustomerId (customer.ids.{self._customer_key})",
             ),
             Ip=event.customer.ip,
             CreatedOnUtc=created_on_utc(event.occurred_at),

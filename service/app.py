@@ -1,0 +1,164 @@
+"""The relay process: builds every pipeline from the config, serves HTTP, drains on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from service import __version__
+from service.config import Config
+from service.delivery.dlq import DeadLetterWriter
+from service.delivery.pipeline import VendorPipeline
+from service.delivery.sender import Sender, close_sessions, new_session
+from service.http import start_http
+from service.kafka import consumer_kwargs, producer_kwargs
+from service.metrics import Metrics
+from service.vendors import make_adapter
+
+log = logging.getLogger("conversion_relay.app")
+_RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+class Relay:
+    """Every vendor pipeline of one process, their shared DLQ producer and the HTTP server."""
+
+    def __init__(self, config: Config, vendors: list[str] | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.metrics.build_info.info({
+            "version": __version__, "git_sha": os.environ.get("GIT_SHA", "unknown")})
+        enabled = config.enabled_vendors()
+        unknown = sorted(set(vendors or ()) - set(enabled))
+        if unknown:
+            raise ValueError(f"--vendor {', '.join(unknown)}: not an enabled vendor")
+        self.vendor_names = [v for v in enabled if not vendors or v in vendors]
+        self.pipelines: dict[str, VendorPipeline] = {}
+        self.http_port: int | None = None
+        self._stop = asyncio.Event()
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._producer: Any = None
+        self._dlq: DeadLetterWriter | None = None
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown (what SIGTERM and SIGINT do)."""
+        if not self._stop.is_set():
+            log.info("shutdown requested: draining")
+        self._stop.set()
+        for pipeline in self.pipelines.values():
+            pipeline.stop()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether a shutdown has begun."""
+        return self._stop.is_set()
+
+    def not_ready_reasons(self) -> dict[str, str]:
+        """Why the relay is not ready, per vendor; empty when ready."""
+        if self.stopping:
+            return {"relay": "shutting down"}
+        reasons = {}
+        for name in self.vendor_names:
+            pipeline = self.pipelines.get(name)
+            if pipeline is None:
+                reasons[name] = "pipeline not started"
+            elif not pipeline.ready:
+                reasons[name] = "consumer has not joined its group"
+        return reasons
+
+    def status(self) -> dict[str, Any]:
+        """Per-vendor state for /status."""
+        vendors: dict[str, Any] = {}
+        for name, vendor in self.config.vendors.items():
+            entry: dict[str, Any] = {"enabled": vendor.enabled, "running_here": False}
+            pipeline = self.pipelines.get(name)
+            if pipeline is not None:
+                entry.update(
+                    running_here=True,
+                    ready=pipeline.ready,
+                    assigned_partitions=[f"{tp.topic}:{tp.partition}" for tp in pipeline.assigned],
+                    lag=pipeline.lag(),
+                    in_flight=pipeline.in_flight,
+                    concurrency=vendor.concurrency,
+                    last_error=pipeline.last_error or None,
+                )
+            vendors[name] = entry
+        return {"version": __version__, "ready": not self.not_ready_reasons(), "vendors": vendors}
+
+    async def _start_producer(self) -> None:
+        delay_s = 0.5
+        while not self.stopping:
+            producer = AIOKafkaProducer(**producer_kwargs(self.config.kafka))
+            try:
+                await producer.start()
+            except KafkaError as exc:
+                await producer.stop()
+                log.warning("Kafka unavailable for the DLQ producer (%r); retrying", exc)
+                await asyncio.sleep(delay_s)
+                delay_s = min(10.0, delay_s * 2)
+                continue
+            self._producer = producer
+            self._dlq = DeadLetterWriter(producer, self.config.dlq.topic, self.metrics)
+            return
+
+    def _make_pipeline(self, name: str) -> VendorPipeline:
+        vendor = self.config.vendors[name]
+        session = self._sessions.get(name)
+        if session is None:
+            session = self._sessions[name] = new_session(vendor)
+        sender = Sender(name, make_adapter(name, vendor), session, vendor, self.metrics)
+        kafka = self.config.kafka
+        consumer = AIOKafkaConsumer(**consumer_kwargs(kafka, f"{kafka.group_prefix}.{name}"))
+        assert self._dlq is not None
+        return VendorPipeline(name, vendor, sender, self._dlq, consumer, list(kafka.topics),
+                              self.config.pipeline, self.metrics)
+
+    async def _supervise(self, name: str) -> None:
+        """Run a vendor's pipeline; if it fails (e.g. the broker vanished), start a fresh one."""
+        failures = 0
+        while not self.stopping:
+            pipeline = self.pipelines[name] = self._make_pipeline(name)
+            try:
+                await pipeline.run()
+                failures = 0
+            except Exception as exc:
+                delay_s = _RESTART_BACKOFF_S[min(failures, len(_RESTART_BACKOFF_S) - 1)]
+                failures += 1
+                pipeline.last_error = repr(exc)[:300]
+                log.warning("pipeline failed (%r); restarting in %.1fs", exc, delay_s,
+                            extra={"vendor": name})
+                await asyncio.sleep(delay_s)
+
+    async def run(self, install_signals: bool = True,
+                  on_ready: Callable[[Relay], None] | None = None) -> int:
+        """Run until stopped; returns the process exit code."""
+        if install_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+        http = self.config.http
+        runner = await start_http(self, http.host, http.port)
+        self.http_port = runner.addresses[0][1] if runner.addresses else http.port
+        log.info("serving /livez /readyz /metrics /status on port %s", self.http_port)
+        if on_ready is not None:
+            on_ready(self)
+        try:
+            await self._start_producer()
+            tasks = [asyncio.create_task(self._supervise(n)) for n in self.vendor_names]
+            await self._stop.wait()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await close_sessions(list(self._sessions.values()))
+            if self._producer is not None:
+                await self._producer.stop()
+            await runner.cleanup()
+        log.info("stopped")
+        return 0

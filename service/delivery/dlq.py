@@ -1,0 +1,116 @@
+"""Dead letters: the original record plus its story in `relay-*` headers, written until acked."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import msgspec
+from aiokafka.errors import KafkaError
+
+from service.metrics import Metrics
+
+log = logging.getLogger("conversion_relay.dlq")
+RELAY_PREFIX = "relay-"
+# The documented set of dead-letter reasons.
+REASONS = ("invalid_event", "rejected", "retries_exhausted", "expired")
+
+
+class SourceRecord(msgspec.Struct, frozen=True):
+    """Where a record came from and what it held, byte for byte."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]] = ()
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """A record a vendor will not get, and why."""
+
+    vendor: str
+    reason: str
+    error: str
+    source: SourceRecord
+    http_status: int | None = None
+    attempts: int = 0
+    first_attempt_at: datetime | None = None
+    last_attempt_at: datetime | None = None
+
+
+def _iso(moment: datetime) -> bytes:
+    return moment.astimezone(UTC).isoformat().encode()
+
+
+def dlq_headers(letter: DeadLetter, failed_at: datetime) -> list[tuple[str, bytes]]:
+    """The original headers (minus earlier relay-* ones) followed by this dead letter's story."""
+    src = letter.source
+    headers = [(k, v) for k, v in src.headers if not k.startswith(RELAY_PREFIX)]
+    headers += [
+        ("relay-vendor", letter.vendor.encode()),
+        ("relay-reason", letter.reason.encode()),
+        ("relay-error", letter.error.encode("utf-8", "replace")[:4096]),
+        ("relay-attempts", str(letter.attempts).encode()),
+        ("relay-source-topic", src.topic.encode()),
+        ("relay-source-partition", str(src.partition).encode()),
+        ("relay-source-offset", str(src.offset).encode()),
+        ("relay-failed-at", _iso(failed_at)),
+    ]
+    if letter.http_status is not None:
+        headers.append(("relay-http-status", str(letter.http_status).encode()))
+    if letter.first_attempt_at is not None:
+        headers.append(("relay-first-attempt-at", _iso(letter.first_attempt_at)))
+    if letter.last_attempt_at is not None:
+        headers.append(("relay-last-attempt-at", _iso(letter.last_attempt_at)))
+    return headers
+
+
+class RecordProducer(Protocol):
+    """The part of aiokafka's AIOKafkaProducer the writer uses."""
+
+    async def send_and_wait(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None,
+        partition: int | None = None, timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Any:
+        """Send one record and wait for the broker's acknowledgement."""
+        ...
+
+
+class DeadLetterWriter:
+    """Writes dead letters to the DLQ topic and returns only once the broker acknowledged."""
+
+    def __init__(
+        self, producer: RecordProducer, topic: str, metrics: Metrics, retry_backoff_s: float = 0.5,
+        max_backoff_s: float = 10.0,
+    ) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._metrics = metrics
+        self._retry_backoff_s = retry_backoff_s
+        self._max_backoff_s = max_backoff_s
+
+    async def write(self, letter: DeadLetter) -> None:
+        """Write one dead letter, retrying until acknowledged (cancellation leaves it unwritten)."""
+        headers = dlq_headers(letter, datetime.now(UTC))
+        backoff_s = self._retry_backoff_s
+        while True:
+            try:
+                await self._producer.send_and_wait(
+                    self._topic, value=letter.source.value, key=letter.source.key,
+                    headers=headers,
+                )
+            except KafkaError as exc:
+                self._metrics.dlq_write_failures.labels(letter.vendor).inc()
+                log.warning("dead letter write failed, retrying in %.1fs: %r", backoff_s, exc,
+                            extra={"vendor": letter.vendor, "reason": letter.reason})
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(self._max_backoff_s, backoff_s * 2)
+                continue
+            self._metrics.dlq_writes.labels(letter.vendor, letter.reason).inc()
+            return
