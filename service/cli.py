@@ -58,7 +58,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     """Embedded broker, sandboxes, relay and demo traffic with a live view."""
     from service.dev import run_dev
 
-    _setup_logging("warning")
+    _setup_logging("error")  # the live view is the output; logs would tear it
     return _run_async(run_dev(events_per_s=args.rate, http_port=args.port))
 
 
