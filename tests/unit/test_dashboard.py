@@ -1,0 +1,170 @@
+"""The Grafana dashboard is an importable JSON model: variables, rows, datasource, units.
+
+(Its PromQL is parsed and checked against the exported metrics in test_alert_rules.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "conversion-relay.json"
+DS_REF = {"type": "prometheus", "uid": "${datasource}"}
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return loaded
+
+
+def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every panel that is not a row, including any nested in collapsed rows."""
+    found = []
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            found += panel.get("panels", [])
+        else:
+            found.append(panel)
+    return found
+
+
+def variable(dashboard: dict[str, Any], name: str) -> dict[str, Any]:
+    [var] = [v for v in dashboard["templating"]["list"] if v["name"] == name]
+    return var
+
+
+def test_is_importable_as_is(dashboard: dict[str, Any]) -> None:
+    """No __inputs or hard-wired ids: the file imports on any Grafana 10+ unchanged."""
+    assert "__inputs" not in dashboard
+    assert "__requires" not in dashboard
+    assert dashboard["schemaVersion"] >= 39
+    assert dashboard["id"] is None
+    assert dashboard["uid"] == "conversion-relay"
+    assert dashboard["title"]
+    assert "${DS_" not in DASHBOARD.read_text(), "exported-for-sharing placeholders remain"
+
+
+def test_datasource_variable_is_prometheus(dashboard: dict[str, Any]) -> None:
+    """The datasource is a template variable of type datasource, restricted to Prometheus."""
+    var = variable(dashboard, "datasource")
+    assert var["type"] == "datasource"
+    assert var["query"] == "prometheus"
+
+
+def test_vendor_variable_lists_vendors_multi_with_all(dashboard: dict[str, Any]) -> None:
+    """The vendor variable comes from the deliveries metric, is multi-value and includes All."""
+    var = variable(dashboard, "vendor")
+    assert var["type"] == "query"
+    assert var["datasource"] == DS_REF
+    query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+    assert query == "label_values(conversion_relay_deliveries_total, vendor)"
+    assert var["definition"] == query
+    assert var["multi"] is True
+    assert var["includeAll"] is True
+    assert var["allValue"] == ".*"
+
+
+def test_every_panel_and_query_uses_the_datasource_variable(dashboard: dict[str, Any]) -> None:
+    """No panel or query is bound to a fixed datasource uid."""
+    for panel in panels(dashboard):
+        assert panel["datasource"] == DS_REF, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == DS_REF, panel["title"]
+            assert target["expr"].strip(), panel["title"]
+
+
+def test_rows_in_order(dashboard: dict[str, Any]) -> None:
+    """The rows are overview, per vendor, dead letters and Kafka."""
+    rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
+    assert rows == ["Overview", "Per vendor", "Dead letters", "Kafka"]
+
+
+def test_panels_are_timeseries_or_stat_with_units(dashboard: dict[str, Any]) -> None:
+    """Every panel is a timeseries or stat with a unit and a description."""
+    for panel in panels(dashboard):
+        assert panel["type"] in {"timeseries", "stat"}, panel["title"]
+        assert panel["fieldConfig"]["defaults"].get("unit"), panel["title"]
+        assert panel.get("description"), panel["title"]
+
+
+def test_ids_are_unique_and_panels_do_not_overlap(dashboard: dict[str, Any]) -> None:
+    """Panel ids are unique and no two panels share a grid cell on the 24-column grid."""
+    nested = [p for row in dashboard["panels"] for p in row.get("panels", [])]
+    ids = [p["id"] for p in dashboard["panels"] + nested]
+    assert len(ids) == len(set(ids))
+    cells: dict[tuple[int, int], str] = {}
+    for panel in dashboard["panels"]:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = panel["title"]
+
+
+def test_vendor_metrics_are_filtered_by_the_vendor_variable(dashboard: dict[str, Any]) -> None:
+    """Every relay metric selector in a panel honours the vendor selection."""
+    selector = re.compile(r"(conversion_relay_\w+)(\{[^}]*\})?")
+    for panel in panels(dashboard):
+        for target in panel["targets"]:
+            for name, matchers in selector.findall(target["expr"]):
+                assert 'vendor=~"$vendor"' in matchers, f"{panel['title']}: {name}"
+
+
+@pytest.mark.parametrize(
+    "title",
+    [
+        "Events in / out per second",
+        "Error ratio",
+        "Consumer lag",
+        "Deliveries by outcome",
+        "Vendor request latency p50 / p95 / p99",
+        "End-to-end latency p50 / p95 / p99",
+        "Consumer lag by vendor",
+        "Rate-limit waits",
+        "Concurrency limit",
+        "Circuit breaker",
+        "In flight",
+        "Paused replicas",
+        "Dead letters by vendor and reason",
+        "Offset commits",
+        "Commit failures",
+        "Rebalances",
+        "Assigned partitions",
+    ],
+)
+def test_expected_panel_exists(dashboard: dict[str, Any], title: str) -> None:
+    """Each panel the runbook refers to is on the dashboard."""
+    assert title in {p["title"] for p in panels(dashboard)}
+
+
+def test_latency_panels_show_three_quantiles_in_seconds(dashboard: dict[str, Any]) -> None:
+    """Both latency panels plot p50, p95 and p99 of their histogram, in seconds."""
+    for title, histogram in [
+        ("Vendor request latency p50 / p95 / p99", "request_duration_seconds_bucket"),
+        ("End-to-end latency p50 / p95 / p99", "end_to_end_latency_seconds_bucket"),
+    ]:
+        [panel] = [p for p in panels(dashboard) if p["title"] == title]
+        assert panel["fieldConfig"]["defaults"]["unit"] == "s"
+        exprs = [t["expr"] for t in panel["targets"]]
+        assert [e.split(",")[0] for e in exprs] == [
+            "histogram_quantile(0.5",
+            "histogram_quantile(0.95",
+            "histogram_quantile(0.99",
+        ]
+        assert all(histogram in e and "by (vendor, le)" in e for e in exprs)
+
+
+def test_breaker_state_is_mapped_to_names(dashboard: dict[str, Any]) -> None:
+    """The breaker panels show closed / half-open / open rather than 0 / 1 / 2."""
+    for panel in panels(dashboard):
+        if "breaker_state" in panel["targets"][0]["expr"]:
+            [mapping] = panel["fieldConfig"]["defaults"]["mappings"]
+            texts = {k: v["text"] for k, v in mapping["options"].items()}
+            assert texts == {"0": "closed", "1": "half-open", "2": "open"}
