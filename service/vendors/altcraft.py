@@ -10,15 +10,17 @@ accept_language, utm_*) is truncated; identifiers (email, phone, profile id, cus
 goal, external_event_id, order/product/sku ids, categories) and pixel_data values are never
 altered: too long, or pixel_data over 1 KB encoded, is a VendorInputError naming the field.
 
-Answers: 2xx with `{"error": 0}` = delivered; a non-zero `error`, even with HTTP 200, is a failure.
-The doc defines no code but 0, so none is known to be transient: each is rejected with its code and
-`error_text`, unless listed in `retry_error_codes`. A 2xx without that JSON is retried (whether the
-goal was recorded is unknown). Other statuses follow the default table (429/5xx retry).
+Answers: 2xx with `{"error": 0}` (or its `<xml>` form) = delivered; a non-zero `error`, even with
+HTTP 200, is a failure.
+The doc defines no code but 0, so none is known to be transient: each is rejected (reason
+`vendor_<error>`, detail `error_text`) unless listed in `retry_error_codes`. A 2xx without that
+answer is retried (whether the goal was recorded is unknown). Others: the default table.
 """
 
 from __future__ import annotations
 
 import math
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -66,10 +68,9 @@ class AltcraftConfig(VendorBase, tag="altcraft", frozen=True, kw_only=True):
     is_test: bool = False
 
     def __post_init__(self) -> None:
-        if self.matching == "custom" and self.field_name is None:
-            raise ValueError("field_name: required when matching is custom")
-        if self.matching == "custom" and self.field_value_key is None:
-            raise ValueError("field_value_key: required when matching is custom")
+        for name in ("field_name", "field_value_key"):
+            if self.matching == "custom" and getattr(self, name) is None:
+                raise ValueError(f"{name}: required when matching is custom")
 
     def goal_ids(self) -> Mapping[str, str]:
         """Canonical goal name → Altcraft goal name."""
@@ -149,10 +150,14 @@ def pixel_data(attributes: Mapping[str, ParamValue | None]) -> dict[str, ParamVa
     return data
 
 
-def _answer(body: bytes) -> AltcraftAnswer | None:
+def parse_answer(body: bytes) -> AltcraftAnswer | None:
+    """The documented answer, as JSON or as the doc's `<xml>` form; None when it is neither."""
     try:
-        return _answer_decoder.decode(body)
-    except msgspec.DecodeError:  # ValidationError is a DecodeError too
+        if not body.lstrip().startswith(b"<"):
+            return _answer_decoder.decode(body)
+        root = ET.fromstring(body[:65536])
+        return AltcraftAnswer(int(root.findtext("error", "")), root.findtext("error_text", ""))
+    except (msgspec.DecodeError, ET.ParseError, ValueError):
         return None
 
 
@@ -227,24 +232,18 @@ class AltcraftAdapter:
 
     def classify(self, response: VendorResponse) -> Outcome:
         """`{"error": 0}` is delivered; a non-zero error is rejected unless configured transient."""
-        status, answer = response.status, _answer(response.body)
-        success = 200 <= status < 300
+        status, answer = response.status, parse_answer(response.body)
+        success, text = 200 <= status < 300, response.body[:512].decode("utf-8", "replace")
+        if answer is None and success:  # HTTP says fine, yet nothing says the goal was recorded
+            return Outcome(
+                kind=OutcomeKind.RETRY, reason="unreadable_answer", detail=text, status=status
+            )
         if answer is None or answer.error == 0:
-            text = response.body[:512].decode("utf-8", "replace")
-            if success and answer is None:
-                return Outcome(
-                    kind=OutcomeKind.RETRY, reason="unreadable_answer", detail=text, status=status
-                )
             return classify_status(status, response.headers, text)
-        detail = f"{answer.error}: {answer.error_text}"[:512]
-        outcome = classify_status(status, response.headers, detail)
+        outcome = classify_status(status, response.headers, answer.error_text[:512])
         if success:  # HTTP says fine, the body says it failed
             retry = answer.error in self.config.retry_error_codes
             wait_s = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
-            outcome = Outcome(
-                kind=OutcomeKind.RETRY if retry else OutcomeKind.REJECT,
-                detail=detail,
-                status=status,
-                retry_after_s=wait_s if retry else None,
-            )
+            kind, wait_s = (OutcomeKind.RETRY, wait_s) if retry else (OutcomeKind.REJECT, None)
+            outcome = msgspec.structs.replace(outcome, kind=kind, retry_after_s=wait_s)
         return msgspec.structs.replace(outcome, reason=f"vendor_{answer.error}")

@@ -4,7 +4,8 @@ The body carries `ApiKey` and `Data` with `GoalId` (int), `GoalValue` (int, opti
 default is 0), `MessageGuid` (the GUID ExpertSender put in the message link; required) and an
 optional `Channel` (All, Email, SmsMms, WebPush). 201 Created = delivered. A 400 answer carries
 `ApiResponse/ErrorMessage/{Code,Message}` (e.g. "Message GUID was not recognized."): rejected,
-with the vendor's code and message in the outcome. Every other status follows the default table.
+reason `vendor_<Code>`, detail the Message. Other statuses follow the default table (an XML error
+body still names the reason).
 
 GoalValue must be an integer, so the event's value is multiplied by `value_multiplier` and rounded
 by `value_rounding` in decimal (19.99 × 100 is 1999, not 1998.9999…). ExpertSender is a .NET
@@ -166,5 +167,5 @@ class ExpertSenderAdapter:
             detail = response.body[:512].decode("utf-8", "replace")
             return classify_status(response.status, response.headers, detail)
         code, message = found
-        outcome = classify_status(response.status, response.headers, f"{code}: {message}")
+        outcome = classify_status(response.status, response.headers, message[:512])
         return msgspec.structs.replace(outcome, reason=f"vendor_{_reason_code(code)}")
