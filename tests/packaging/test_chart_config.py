@@ -15,6 +15,7 @@ import msgspec
 import pytest
 from relay_packaging import SCENARIOS, Rendered, relay_container, scenario_values
 
+from service.cli import build_parser
 from service.config import Config
 from service.vendors import PROTOCOLS
 
@@ -108,6 +109,18 @@ def test_config_is_mounted_where_the_relay_reads_it(
         )
         config_map = result.one("ConfigMap", volume["configMap"]["name"])
         assert Path(CONFIG_PATH).name in config_map["data"]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_relay_accepts_the_arguments_the_chart_passes(
+    rendered: dict[str, Rendered], scenario: str
+) -> None:
+    """The relay's own argument parser accepts each Deployment's `run --config ... --vendor`."""
+    for deployment in rendered[scenario].of_kind("Deployment"):
+        args = build_parser().parse_args(relay_container(deployment)["args"])
+        assert args.command == "run" and args.config == CONFIG_PATH
+        vendor = deployment["spec"]["selector"]["matchLabels"].get("conversion-relay/vendor")
+        assert args.vendor == ([vendor] if vendor else None)
 
 
 def test_container_port_follows_the_configured_http_port(rendered: dict[str, Rendered]) -> None:
