@@ -17,6 +17,7 @@ from service import __version__
 from service.config import Config
 from service.delivery.dlq import DeadLetterWriter
 from service.delivery.pipeline import VendorPipeline
+from service.delivery.replay import LetterFilter, end_offsets, record_filter, wait_caught_up
 from service.delivery.sender import Sender, close_sessions, new_session
 from service.http import start_http
 from service.kafka import consumer_kwargs, producer_kwargs
@@ -109,23 +110,40 @@ class Relay:
             self._dlq = DeadLetterWriter(producer, self.config.dlq.topic, self.metrics)
             return
 
-    def _make_pipeline(self, name: str) -> VendorPipeline:
+    def make_pipeline(
+        self, name: str, topics: list[str] | None = None, group: str | None = None,
+        accept: Callable[[Any], str | None] | None = None,
+    ) -> VendorPipeline:
+        """A vendor's pipeline: live topics and group by default, or replay's DLQ and group."""
         vendor = self.config.vendors[name]
         session = self._sessions.get(name)
         if session is None:
             session = self._sessions[name] = new_session(vendor)
         sender = Sender(name, make_adapter(name, vendor), session, vendor, self.metrics)
         kafka = self.config.kafka
-        consumer = AIOKafkaConsumer(**consumer_kwargs(kafka, f"{kafka.group_prefix}.{name}"))
+        group = group or f"{kafka.group_prefix}.{name}"
+        consumer = AIOKafkaConsumer(**consumer_kwargs(kafka, group))
         assert self._dlq is not None
-        return VendorPipeline(name, vendor, sender, self._dlq, consumer, list(kafka.topics),
-                              self.config.pipeline, self.metrics)
+        return VendorPipeline(name, vendor, sender, self._dlq, consumer,
+                              topics or list(kafka.topics), self.config.pipeline, self.metrics,
+                              accept=accept)
+
+    async def start_producer(self) -> None:
+        """Connect the DLQ producer (retrying while Kafka is unavailable)."""
+        await self._start_producer()
+
+    async def close(self) -> None:
+        """Close vendor sessions and the producer."""
+        await close_sessions(list(self._sessions.values()))
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
 
     async def _supervise(self, name: str) -> None:
         """Run a vendor's pipeline; if it fails (e.g. the broker vanished), start a fresh one."""
         failures = 0
         while not self.stopping:
-            pipeline = self.pipelines[name] = self._make_pipeline(name)
+            pipeline = self.pipelines[name] = self.make_pipeline(name)
             try:
                 await pipeline.run()
                 failures = 0
@@ -156,9 +174,56 @@ class Relay:
             await self._stop.wait()
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
-            await close_sessions(list(self._sessions.values()))
-            if self._producer is not None:
-                await self._producer.stop()
+            await self.close()
             await runner.cleanup()
         log.info("stopped")
         return 0
+
+
+REPLAY_OUTCOMES = ("delivered", "rejected", "dead_lettered", "expired", "skipped",
+                   "deduplicated")
+
+
+class Replay:
+    """Re-delivers matching dead letters to one vendor, then stops at the DLQ's end as of start."""
+
+    def __init__(self, config: Config, vendor: str, letters: LetterFilter) -> None:
+        self.relay = Relay(config, vendors=[vendor])
+        self.vendor = vendor
+        self.letters = letters
+        self._stop = asyncio.Event()
+
+    def counts(self) -> dict[str, int]:
+        """Outcomes so far, from the relay's own metrics."""
+        sample = self.relay.metrics.registry.get_sample_value
+        counts = {
+            o: int(sample("conversion_relay_deliveries_total",
+                          {"vendor": self.vendor, "outcome": o}) or 0)
+            for o in REPLAY_OUTCOMES
+        }
+        counts["filtered"] = int(sample("conversion_relay_skipped_total",
+                                        {"vendor": self.vendor, "reason": "replay_filtered"}) or 0)
+        return counts
+
+    def stop(self) -> None:
+        """Stop early; what was committed is not replayed again next time."""
+        self._stop.set()
+
+    async def run(self) -> dict[str, int]:
+        """Replay until caught up with the DLQ end offsets taken at the start."""
+        config = self.relay.config
+        ends = await end_offsets(config.kafka, config.dlq.topic)
+        await self.relay.start_producer()
+        pipeline = self.relay.make_pipeline(
+            self.vendor, topics=[config.dlq.topic],
+            group=f"{config.kafka.group_prefix}.replay.{self.vendor}",
+            accept=record_filter(self.letters),
+        )
+        task = asyncio.create_task(pipeline.run())
+        try:
+            await wait_caught_up(pipeline.group_committed, ends, self._stop)
+        finally:
+            pipeline.stop()
+            await task
+            await self.relay.close()
+        return self.counts()

@@ -31,6 +31,11 @@ def _run_async(coro: Coroutine[Any, Any, int]) -> int:
     return uvloop.run(coro)
 
 
+def _run_async_value(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine to completion and return its value."""
+    return asyncio.run(coro)
+
+
 def _setup_logging(level: str) -> None:
     try:
         from service.logs import configure_logging
@@ -81,6 +86,85 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _letter_filter(args: argparse.Namespace) -> Any:
+    from service.delivery.replay import LetterFilter, parse_time
+
+    return LetterFilter(
+        vendor=args.vendor, reason=args.reason,
+        since=parse_time(args.since) if args.since else None,
+        until=parse_time(args.until) if args.until else None,
+    )
+
+
+def cmd_dlq_inspect(args: argparse.Namespace) -> int:
+    """List or aggregate dead letters as a table or JSON."""
+    import orjson
+    from rich.console import Console
+    from rich.table import Table
+
+    from service.delivery.replay import aggregate, read_letters
+
+    config = load_config(_config_path(args))
+    letters = _letter_filter(args)
+    found = [i for i in _run_async_value(read_letters(config.kafka, config.dlq.topic))
+             if letters.matches(i)]
+    if args.list:
+        rows = [{"vendor": i.vendor, "reason": i.reason, "status": i.http_status,
+                 "attempts": i.attempts, "failed_at": i.failed_at.isoformat() if i.failed_at
+                 else None, "source": i.source, "error": i.error,
+                 "dlq": f"{i.dlq_partition}:{i.dlq_offset}"} for i in found]
+    else:
+        rows = aggregate(found, args.by.split(","))
+    if args.json:
+        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    table = Table(title=f"{len(found)} dead letters in {config.dlq.topic}")
+    for column in rows[0] if rows else ["count"]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    Console().print(table)
+    return 0
+
+
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    """Re-deliver matching dead letters to one vendor, with progress and a summary."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from service.app import Replay
+    from service.delivery.replay import read_letters
+
+    config = load_config(_config_path(args))
+    _setup_logging("error")
+    letters = _letter_filter(args)
+    console = Console()
+    matching = [i for i in _run_async_value(read_letters(config.kafka, config.dlq.topic))
+                if letters.matches(i)]
+    console.print(f"{len(matching)} dead letters match for vendor {args.vendor}")
+    if args.dry_run:
+        for info in matching[:50]:
+            console.print(f"  {info.source} {info.reason} {info.http_status or '-'} "
+                          f"attempts={info.attempts} {info.error[:80]}")
+        return 0
+    replay = Replay(config, args.vendor, letters)
+
+    async def go() -> dict[str, int]:
+        with Progress(console=console) as progress:
+            bar = progress.add_task("replaying", total=len(matching) or None)
+            task = asyncio.create_task(replay.run())
+            while not task.done():
+                counts = replay.counts()
+                progress.update(bar, completed=sum(
+                    v for k, v in counts.items() if k != "filtered"))
+                await asyncio.sleep(0.2)
+            return task.result()
+
+    counts = _run_async_value(go())
+    console.print("summary: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    return 0 if counts["rejected"] + counts["dead_lettered"] == 0 else 3
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Print `ok` and a summary, or every problem with its path (exit 1)."""
     try:
@@ -117,6 +201,25 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--bootstrap", required=True, help="HOST:PORT of a broker")
     pub.add_argument("--topic", required=True)
     pub.set_defaults(func=cmd_publish)
+
+    dlq = sub.add_parser("dlq", help="inspect or replay dead letters")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    for name, func in (("inspect", cmd_dlq_inspect), ("replay", cmd_dlq_replay)):
+        cmd = dlq_sub.add_parser(name)
+        cmd.add_argument("--config", help="YAML config file (default: $RELAY_CONFIG)")
+        cmd.add_argument("--vendor", required=name == "replay")
+        cmd.add_argument("--reason", help="invalid_event | rejected | retries_exhausted | expired")
+        cmd.add_argument("--since", help="ISO time or a duration ago (30m, 2h, 7d)")
+        cmd.add_argument("--until", help="ISO time or a duration ago")
+        cmd.set_defaults(func=func)
+    dlq_sub.choices["inspect"].add_argument(
+        "--by", default="vendor,reason,status",
+        help="aggregate by these comma-separated fields: vendor, reason, status, hour, day")
+    dlq_sub.choices["inspect"].add_argument("--list", action="store_true",
+                                            help="one row per letter instead of counts")
+    dlq_sub.choices["inspect"].add_argument("--json", action="store_true")
+    dlq_sub.choices["replay"].add_argument("--dry-run", action="store_true",
+                                           help="show what would be replayed, send nothing")
 
     check = sub.add_parser("check-config", help="validate a config file and summarise it")
     check.add_argument("file")

@@ -49,9 +49,29 @@ class Work:
         self.attempts = Attempts()
 
     def source(self) -> SourceRecord:
-        """The original record, for a dead letter."""
+        """The original record, for a dead letter (a replayed letter keeps its first source)."""
         r = self.record
-        return SourceRecord(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or ()))
+        headers = list(r.headers or ())
+        origin = dict(headers)
+        try:
+            return SourceRecord(
+                origin["relay-source-topic"].decode(),
+                int(origin["relay-source-partition"]),
+                int(origin["relay-source-offset"]),
+                r.key, r.value, headers,
+            )
+        except (KeyError, ValueError, UnicodeDecodeError):
+            return SourceRecord(r.topic, r.partition, r.offset, r.key, r.value, headers)
+
+    def prior_attempts(self) -> int:
+        """Attempts made before this record was dead-lettered and replayed (0 for new records)."""
+        for key, value in self.record.headers or ():
+            if key == "relay-attempts":
+                try:
+                    return int(value)
+                except ValueError:
+                    return 0
+        return 0
 
 
 def _at(epoch_s: float) -> datetime | None:
@@ -85,6 +105,7 @@ class VendorPipeline:
         settings: PipelineConfig,
         metrics: Metrics,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        accept: Callable[[Any], str | None] | None = None,
     ) -> None:
         self.vendor = vendor
         self._config = config
@@ -97,6 +118,8 @@ class VendorPipeline:
         self._settings = settings
         self._metrics = metrics
         self._now = now
+        # Replay's filter: None to process a record, or the reason it is passed over.
+        self._accept = accept
         self._queue: asyncio.Queue[Work] = asyncio.Queue()
         self._trackers: dict[TopicPartition, OffsetTracker] = {}
         self._epochs: dict[TopicPartition, int] = {}
@@ -128,6 +151,16 @@ class VendorPipeline:
     def in_flight(self) -> int:
         """Records fetched and not yet terminal, over every assigned partition."""
         return sum(t.in_flight for t in self._trackers.values())
+
+    async def group_committed(self) -> dict[TopicPartition, int]:
+        """The group's committed offset per assigned partition (this run's or an earlier one's)."""
+        result = dict(self._committed)
+        for tp in self._epochs:
+            if tp not in result:
+                offset = await self._consumer.committed(tp)
+                if offset is not None:
+                    result[tp] = offset
+        return result
 
     @property
     def assigned(self) -> list[TopicPartition]:
@@ -246,6 +279,12 @@ class VendorPipeline:
     async def _prepare(self, work: Work) -> VendorRequest | None:
         """Decode, route and build; None when the record became terminal on the way."""
         record = work.record
+        if self._accept is not None:
+            passed_over = self._accept(record)
+            if passed_over is not None:
+                self._metrics.skipped.labels(self.vendor, passed_over).inc()
+                self._complete(work)
+                return None
         if record.value is not None and len(record.value) > self._settings.max_record_bytes:
             error = EventError(f"record of {len(record.value)} bytes exceeds max_record_bytes",
                                kind="too_large")
@@ -317,7 +356,7 @@ class VendorPipeline:
     ) -> None:
         letter = DeadLetter(
             vendor=self.vendor, reason=reason, error=error, source=work.source(),
-            http_status=status, attempts=work.attempts.count,
+            http_status=status, attempts=work.prior_attempts() + work.attempts.count,
             first_attempt_at=_at(work.attempts.first_at_s),
             last_attempt_at=_at(work.attempts.last_at_s),
         )
@@ -393,11 +432,14 @@ class VendorPipeline:
         if not partitions:
             return
         try:
-            ends = await self._consumer.end_offsets(partitions)
+            listed = await self._consumer.end_offsets(partitions)
         except KafkaError as exc:
             log.debug("end offsets unavailable: %r", exc)
             return
-        for tp, end in ends.items():
+        for tp, listed_end in listed.items():
+            # Tansu's ListOffsets undercounts batched partitions; the last fetch's high
+            # watermark does not (it only goes stale while the partition is paused).
+            end = max(listed_end, self._consumer.highwater(tp) or 0)
             committed = self._committed.get(tp)
             if committed is None:
                 committed = await self._consumer.committed(tp) or 0
