@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import helm_python
 import msgspec
 import pytest
-from relay_packaging import SCENARIOS, Rendered, relay_container, scenario_values
+import yaml
+from relay_packaging import REPO, SCENARIOS, Rendered, relay_container, render, scenario_values
 
 from service.cli import build_parser
 from service.config import Config
@@ -27,6 +29,19 @@ REQUIRED_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 def _check_config_command() -> list[str]:
     script = Path(sys.executable).parent / "conversion-relay"
     return [str(script)] if script.exists() else [sys.executable, "-m", "service"]
+
+
+def _check_config(path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run `conversion-relay check-config` with only the given variables (plus PATH and HOME)."""
+    base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
+    return subprocess.run(
+        [*_check_config_command(), "check-config", str(path)],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def _chart_secret_data(result: Rendered, name: str) -> dict[str, str] | None:
@@ -79,15 +94,7 @@ def test_rendered_config_passes_check_config(
     env, _ = pod_environment(result, result.of_kind("Deployment")[0])
     for name in REQUIRED_REF.findall(result.relay_config()):
         env.setdefault(name, f"existing-secret-{name.lower()}")
-    base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
-    completed = subprocess.run(
-        [*_check_config_command(), "check-config", str(config_file)],
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    completed = _check_config(config_file, env)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.startswith("ok")
 
@@ -131,6 +138,28 @@ def test_container_port_follows_the_configured_http_port(rendered: dict[str, Ren
     assert container["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
     assert result.one("Service")["spec"]["ports"][0]["targetPort"] == "http"
     assert result.one("ServiceMonitor")["spec"]["endpoints"][0]["port"] == "http"
+
+
+def _documented_values() -> list[dict[str, Any]]:
+    """The values files shown in docs/kubernetes.md (yaml blocks headed `# values.yaml`)."""
+    text = (REPO / "docs" / "kubernetes.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(# values\.yaml.*?)```", text, re.DOTALL)
+    return [yaml.safe_load(block) for block in blocks]
+
+
+def test_documented_values_render_a_config_the_relay_accepts(
+    chart: helm_python.Chart, tmp_path: Path
+) -> None:
+    """Every values example in docs/kubernetes.md renders, and its config passes check-config."""
+    examples = _documented_values()
+    assert len(examples) >= 2
+    for index, values in enumerate(examples):
+        result = render(chart, values)
+        config_file = tmp_path / f"config-{index}.yaml"
+        config_file.write_text(result.relay_config(), encoding="utf-8")
+        env = {name: "x" for name in REQUIRED_REF.findall(result.relay_config())}
+        completed = _check_config(config_file, env)
+        assert completed.returncode == 0, completed.stderr
 
 
 def _struct_fields(node: msgspec.inspect.Type) -> list[str] | None:
