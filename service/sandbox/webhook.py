@@ -43,7 +43,8 @@ class WebhookContract:
 
     def check(self, request: web.Request, body: bytes) -> Accepted | Refused:
         """Accept and record any JSON body; refuse other paths, methods and non-JSON."""
-        if self.pattern is not None and not self.pattern.match(request.path):
+        # Matched still encoded: an encoded `/` inside a goal id is not a segment boundary.
+        if self.pattern is not None and not self.pattern.match(request.rel_url.raw_path):
             return Refused(web.json_response({"error": "not found"}, status=404), reason="path")
         if self.method is not None and request.method != self.method:
             refused = web.json_response({"error": "method not allowed"}, status=405)
