@@ -236,8 +236,9 @@ def test_keda_with_split_by_vendor_scales_each_vendor_on_its_own_lag(
             },
             "keda.bootstrapServers",
         ),
+        ({"splitByVendor": True, "vendorOverrides": {"sustain-impact": {}}}, "sustain-impact"),
     ],
-    ids=["hpa-and-keda", "two-secrets", "keda-with-env-bootstrap"],
+    ids=["hpa-and-keda", "two-secrets", "keda-with-env-bootstrap", "override-of-unknown-vendor"],
 )
 def test_contradictory_values_are_refused(
     chart: helm_python.Chart, override: dict[str, Any], message: str

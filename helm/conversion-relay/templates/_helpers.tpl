@@ -163,6 +163,11 @@ splitByVendor. Each has `vendor` ("" = all), `name`, `replicas` and `resources`.
 {{- define "conversion-relay.units" -}}
 {{- $fullname := include "conversion-relay.fullname" . }}
 {{- $units := list }}
+{{- range $vendor, $_ := (.Values.vendorOverrides | default dict) }}
+{{- if not (hasKey ($.Values.config.vendors | default dict) $vendor) }}
+{{- fail (printf "vendorOverrides.%s: no such vendor in config.vendors" $vendor) }}
+{{- end }}
+{{- end }}
 {{- if .Values.splitByVendor }}
 {{- range $vendor := include "conversion-relay.enabledVendors" . | fromJsonArray }}
 {{- if not (regexMatch "^[a-z0-9]([-a-z0-9_]{0,38}[a-z0-9])?$" $vendor) }}
