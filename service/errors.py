@@ -29,6 +29,10 @@ class ConfigError(RelayError):
         super().__init__("; ".join(problems))
 
 
+# Why a record is not an event (a metric label): see EventError.kind.
+INVALID_KINDS = ("not_json", "schema", "tombstone", "too_large")
+
+
 class EventError(RelayError):
     """A record is not a valid conversion event; the message names the field and the fault."""
 

@@ -24,11 +24,11 @@ from aiokafka.errors import KafkaError
 from service.config import PipelineConfig
 from service.core.offsets import OffsetTracker
 from service.core.routing import Expired, Skip, route_event
-from service.delivery.dlq import DeadLetter, DeadLetterWriter, SourceRecord
+from service.delivery.dlq import REASONS, DeadLetter, DeadLetterWriter, SourceRecord
 from service.delivery.sender import Attempts, Sender
-from service.errors import EventError, VendorInputError
+from service.errors import INVALID_KINDS, EventError, VendorInputError
 from service.events import ConversionEvent, decode_event
-from service.metrics import Metrics
+from service.metrics import OUTCOMES, Metrics
 from service.vendors.base import Outcome, OutcomeKind, VendorBase, VendorRequest
 
 log = logging.getLogger("conversion_relay.pipeline")
@@ -134,6 +134,16 @@ class VendorPipeline:
         self._paused = False
         self.joined = False
         self.last_error = ""
+        # Create every label set up front, so the first increment shows in rate()/increase().
+        for outcome in OUTCOMES:
+            metrics.deliveries.labels(vendor, outcome)
+        for reason in REASONS:
+            metrics.dlq_writes.labels(vendor, reason)
+        for kind in INVALID_KINDS:
+            metrics.events_invalid.labels(vendor, kind)
+        metrics.commits.labels(vendor)
+        metrics.commit_failures.labels(vendor)
+        metrics.dlq_write_failures.labels(vendor)
         self._in_flight_gauge = metrics.in_flight.labels(vendor)
         self._paused_gauge = metrics.paused.labels(vendor)
         self._delivered = metrics.deliveries.labels(vendor, "delivered")
