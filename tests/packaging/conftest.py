@@ -9,7 +9,8 @@ from typing import Any
 
 import helm_python
 import pytest
-from relay_packaging import CHART_DIR, SCENARIOS, Rendered, render, scenario_values
+
+from tests.packaging.relay_packaging import CHART_DIR, SCENARIOS, Rendered, render, scenario_values
 
 
 @pytest.fixture(scope="session")

@@ -15,11 +15,18 @@ import helm_python
 import msgspec
 import pytest
 import yaml
-from relay_packaging import REPO, SCENARIOS, Rendered, relay_container, render, scenario_values
 
 from service.cli import build_parser
 from service.config import Config
 from service.vendors import PROTOCOLS
+from tests.packaging.relay_packaging import (
+    REPO,
+    SCENARIOS,
+    Rendered,
+    relay_container,
+    render,
+    scenario_values,
+)
 
 CONFIG_PATH = "/etc/conversion-relay/config.yaml"
 # `${NAME}` without a default: the relay refuses to start when NAME is not set.

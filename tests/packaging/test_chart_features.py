@@ -13,7 +13,8 @@ from typing import Any
 import helm_python
 import pytest
 import yaml
-from relay_packaging import (
+
+from tests.packaging.relay_packaging import (
     CHART_DIR,
     REPO,
     SCENARIOS,

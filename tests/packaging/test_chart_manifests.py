@@ -12,7 +12,8 @@ import helm_python
 import kubernetes_validate
 import promql_parser
 import pytest
-from relay_packaging import (
+
+from tests.packaging.relay_packaging import (
     CHART_DIR,
     NAMESPACE,
     REPO,

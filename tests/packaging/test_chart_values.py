@@ -8,7 +8,8 @@ from typing import Any
 import helm_python
 import pytest
 import yaml
-from relay_packaging import CHART_DIR, SCENARIOS, scenario_values
+
+from tests.packaging.relay_packaging import CHART_DIR, SCENARIOS, scenario_values
 
 WRONG_VALUES = {
     "replica count as text": {"replicaCount": "two"},

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from relay_packaging import REPO, Instruction, Stage, parse_dockerfile
+
+from tests.packaging.relay_packaging import REPO, Instruction, Stage, parse_dockerfile
 
 DOCKERFILE = REPO / "Dockerfile"
 PYTHON_IMAGE = re.compile(r"^python:3\.11\.\d+-slim-bookworm$")

@@ -1,0 +1,1 @@
+"""Packaging tests: the Dockerfile, the Helm chart and the Kubernetes docs."""
