@@ -238,8 +238,15 @@ def test_keda_with_split_by_vendor_scales_each_vendor_on_its_own_lag(
             "keda.bootstrapServers",
         ),
         ({"splitByVendor": True, "vendorOverrides": {"sustain-impact": {}}}, "sustain-impact"),
+        ({"autoscaling": {"enabled": True}}, "resources.requests.cpu"),
     ],
-    ids=["hpa-and-keda", "two-secrets", "keda-with-env-bootstrap", "override-of-unknown-vendor"],
+    ids=[
+        "hpa-and-keda",
+        "two-secrets",
+        "keda-with-env-bootstrap",
+        "override-of-unknown-vendor",
+        "hpa-without-cpu-request",
+    ],
 )
 def test_contradictory_values_are_refused(
     chart: helm_python.Chart, override: dict[str, Any], message: str

@@ -163,6 +163,9 @@ splitByVendor. Each has `vendor` ("" = all), `name`, `replicas` and `resources`.
 {{- define "conversion-relay.units" -}}
 {{- $fullname := include "conversion-relay.fullname" . }}
 {{- $units := list }}
+{{- if and .Values.autoscaling.enabled .Values.keda.enabled }}
+{{- fail "autoscaling.enabled and keda.enabled are exclusive: KEDA manages its own HorizontalPodAutoscaler" }}
+{{- end }}
 {{- range $vendor, $_ := (.Values.vendorOverrides | default dict) }}
 {{- if not (hasKey ($.Values.config.vendors | default dict) $vendor) }}
 {{- fail (printf "vendorOverrides.%s: no such vendor in config.vendors" $vendor) }}
