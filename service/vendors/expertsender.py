@@ -146,11 +146,12 @@ class ExpertSenderAdapter:
     def build(self, event: ConversionEvent, route: Route) -> VendorRequest:
         """Translate the event into the documented XML ApiRequest."""
         config = self.config
-        try:
-            goal = int(route.goal_id)
-        except ValueError as exc:
-            raise VendorInputError(f"GoalId must be an integer, got {route.goal_id!r}") from exc
-        data = {"GoalId": str(goal)}
+        # int() would also take " 2", "+2" and "2_000"; a GoalId is plain digits in Int32.
+        if not route.goal_id.isascii() or not route.goal_id.isdigit():
+            raise VendorInputError(f"GoalId must be an integer, got {route.goal_id[:64]!r}")
+        if not 1 <= int(route.goal_id) <= INT32_MAX:
+            raise VendorInputError(f"GoalId {route.goal_id} is outside 1..{INT32_MAX}")
+        data = {"GoalId": str(int(route.goal_id))}
         if event.value is not None:
             value = goal_value(event.value, config.value_multiplier, config.value_rounding)
             data["GoalValue"] = str(value)
