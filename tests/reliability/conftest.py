@@ -1,0 +1,207 @@
+"""Fault-drill helpers: three-vendor setups, who-got-what accounting, HTTP probes, a dedicated
+broker, paced publishing and a metrics scrape. Everything real: Tansu, aiokafka, strict sandboxes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.embedded import EmbeddedBroker
+from service.sandbox.altcraft import AltcraftContract
+from service.sandbox.base import Sandbox
+from tests.conftest import GOAL_PURCHASE, GOAL_SIGNUP, goal_reach_vendor
+
+GOAL_LEAD = "5a3e7c2b-61d4-4b8e-9f0a-2c1d3e4f5a6b"
+ALTCRAFT_TOKEN = "drill-token-7f3a"
+GOAL_REACH_VENDORS = ("sustain_impact", "sales_ninja")
+THREE_VENDORS = (*GOAL_REACH_VENDORS, "altcraft")
+
+
+def all_goals_vendor(sandbox: Sandbox, **extra: Any) -> dict[str, Any]:
+    """A goal-reach vendor section routing every demo goal (purchase, signup, lead)."""
+    return goal_reach_vendor(
+        sandbox, goals={"purchase": GOAL_PURCHASE, "signup": GOAL_SIGNUP, "lead": GOAL_LEAD},
+        **extra)
+
+
+def altcraft_vendor(sandbox: Sandbox, **extra: Any) -> dict[str, Any]:
+    """An Altcraft vendor section (email matching, every demo goal) pointing at a sandbox."""
+    return {
+        "protocol": "altcraft",
+        "base_url": sandbox.base_url,
+        "token": ALTCRAFT_TOKEN,
+        "db_id": 1,
+        "pixel_id": 1,
+        "goals": {"purchase": "purchase", "signup": "signup", "lead": "lead"},
+        "retry": {"initial_backoff_s": 0.05, "max_backoff_s": 0.5},
+        **extra,
+    }
+
+
+async def three_sandboxes(sandbox_factory: Callable[..., Any]) -> dict[str, Sandbox]:
+    """Strict sandboxes for two goal-reach vendors and Altcraft (pinned to the drill token)."""
+    made = {name: await sandbox_factory() for name in GOAL_REACH_VENDORS}
+    made["altcraft"] = await sandbox_factory(AltcraftContract(tokens={ALTCRAFT_TOKEN}))
+    return made
+
+
+def three_vendor_sections(sandboxes: dict[str, Sandbox], **extra: Any) -> dict[str, Any]:
+    """Vendor config for `three_sandboxes`, with the same extra settings for each."""
+    return {
+        "sustain_impact": all_goals_vendor(sandboxes["sustain_impact"], **extra),
+        "sales_ninja": all_goals_vendor(sandboxes["sales_ninja"], **extra),
+        "altcraft": altcraft_vendor(sandboxes["altcraft"], **extra),
+    }
+
+
+@dataclass
+class Ledger:
+    """Which event each vendor should get, and which one each accepted request carried."""
+
+    events: list[dict[str, Any]]
+    expected: dict[str, set[str]] = field(default_factory=dict)
+    _by_customer: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, lines: Iterable[bytes], vendors: Iterable[str]) -> Ledger:
+        """Index demo events (every goal routed) for the given vendors."""
+        events = [orjson.loads(line) for line in lines]
+        ledger = cls(events)
+        for vendor in vendors:
+            ledger.expected[vendor] = {
+                e["event_id"] for e in events if ledger.routed(e, vendor)}
+            if vendor in GOAL_REACH_VENDORS:
+                ledger._by_customer[vendor] = {
+                    e["customer"]["ids"][vendor]: e["event_id"]
+                    for e in events if vendor in e["customer"]["ids"]}
+        return ledger
+
+    @staticmethod
+    def routed(event: dict[str, Any], vendor: str) -> bool:
+        """Whether the vendor has the identity it needs (every goal is routed in the drills)."""
+        if vendor == "altcraft":
+            return bool(event["customer"].get("email"))
+        return vendor in event["customer"].get("ids", {})
+
+    def event_id(self, vendor: str, payload: dict[str, Any]) -> str:
+        """The event an accepted request carried."""
+        if vendor == "altcraft":
+            return str(payload["external_event_id"])
+        return self._by_customer[vendor][payload["CustomerId"]]
+
+    def received(self, vendor: str, sandbox: Sandbox) -> Counter[str]:
+        """How many times the sandbox accepted each event."""
+        return Counter(self.event_id(vendor, r.payload) for r in list(sandbox.accepted))
+
+    def missing(self, sandboxes: dict[str, Sandbox]) -> dict[str, int]:
+        """Per vendor, how many expected events have not arrived yet."""
+        return {v: len(self.expected[v] - set(self.received(v, sandboxes[v])))
+                for v in self.expected}
+
+    def complete(self, sandboxes: dict[str, Sandbox]) -> bool:
+        """Whether every vendor got every event routed to it (cheap count check first)."""
+        if any(len(sandboxes[v].accepted) < len(self.expected[v]) for v in self.expected):
+            return False
+        return not any(self.missing(sandboxes).values())
+
+    def duplicates(self, sandboxes: dict[str, Sandbox]) -> dict[str, int]:
+        """Per vendor, accepted requests beyond the first for each event."""
+        return {v: sum(n - 1 for n in self.received(v, sandboxes[v]).values())
+                for v in self.expected}
+
+
+async def http_status(port: int, path: str, timeout_s: float = 2.0) -> int | None:
+    """The status of GET path on the relay's HTTP port, or None when it does not answer."""
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as s:
+            async with s.get(f"http://127.0.0.1:{port}{path}") as resp:
+                await resp.read()
+                return resp.status
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+
+
+async def http_json(port: int, path: str, timeout_s: float = 5.0) -> Any:
+    """GET path on the relay's HTTP port and decode the JSON body."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as s:
+        async with s.get(f"http://127.0.0.1:{port}{path}") as resp:
+            return orjson.loads(await resp.read())
+
+
+async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The relay's /metrics as {(sample name, sorted labels): value}."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+        async with s.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            text = await resp.text()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def metric(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+           **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    wanted = set(labels.items())
+    return sum(v for (n, lab), v in samples.items() if n == name and wanted <= set(lab))
+
+
+async def publish_paced(bootstrap: str, topic: str, lines: list[bytes], rate_per_s: float,
+                        key: Callable[[bytes], bytes | None] | None = None,
+                        chunk: int = 100) -> None:
+    """Publish lines at about `rate_per_s`, in chunks, each chunk acknowledged before the next."""
+    from service.publish import record_key
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        started = time.monotonic()
+        for start in range(0, len(lines), chunk):
+            futures = [await producer.send(topic, value=line, key=(key or record_key)(line))
+                       for line in lines[start:start + chunk]]
+            await asyncio.gather(*futures)
+            due_s = started + (start + chunk) / rate_per_s - time.monotonic()
+            if due_s > 0:
+                await asyncio.sleep(due_s)
+    finally:
+        await producer.stop()
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    """A broker for one test only (it may be stopped and started on the same port)."""
+    instance = EmbeddedBroker(log_path=tmp_path / "own-tansu.log")
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+def report(record_property: Callable[[str, Any], None], **figures: Any) -> None:
+    """Print measured figures and attach them to the test's report."""
+    for name, value in figures.items():
+        print(f"[drill] {name} = {value}")
+        record_property(name, value)
+
+
+async def poll_until(predicate: Callable[[], bool], timeout_s: float, what: str,
+                     interval_s: float = 0.5) -> float:
+    """Like `wait_for`, for costly predicates: poll every interval; returns the seconds waited."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout_s:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(interval_s)
+    return time.monotonic() - started
