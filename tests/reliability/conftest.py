@@ -32,8 +32,10 @@ THREE_VENDORS = (*GOAL_REACH_VENDORS, "altcraft")
 def all_goals_vendor(sandbox: Sandbox, **extra: Any) -> dict[str, Any]:
     """A goal-reach vendor section routing every demo goal (purchase, signup, lead)."""
     return goal_reach_vendor(
-        sandbox, goals={"purchase": GOAL_PURCHASE, "signup": GOAL_SIGNUP, "lead": GOAL_LEAD},
-        **extra)
+        sandbox,
+        goals={"purchase": GOAL_PURCHASE, "signup": GOAL_SIGNUP, "lead": GOAL_LEAD},
+        **extra,
+    )
 
 
 def altcraft_vendor(sandbox: Sandbox, **extra: Any) -> dict[str, Any]:
@@ -80,12 +82,13 @@ class Ledger:
         events = [orjson.loads(line) for line in lines]
         ledger = cls(events)
         for vendor in vendors:
-            ledger.expected[vendor] = {
-                e["event_id"] for e in events if ledger.routed(e, vendor)}
+            ledger.expected[vendor] = {e["event_id"] for e in events if ledger.routed(e, vendor)}
             if vendor in GOAL_REACH_VENDORS:
                 ledger._by_customer[vendor] = {
                     e["customer"]["ids"][vendor]: e["event_id"]
-                    for e in events if vendor in e["customer"]["ids"]}
+                    for e in events
+                    if vendor in e["customer"]["ids"]
+                }
         return ledger
 
     @staticmethod
@@ -107,8 +110,9 @@ class Ledger:
 
     def missing(self, sandboxes: dict[str, Sandbox]) -> dict[str, int]:
         """Per vendor, how many expected events have not arrived yet."""
-        return {v: len(self.expected[v] - set(self.received(v, sandboxes[v])))
-                for v in self.expected}
+        return {
+            v: len(self.expected[v] - set(self.received(v, sandboxes[v]))) for v in self.expected
+        }
 
     def complete(self, sandboxes: dict[str, Sandbox]) -> bool:
         """Whether every vendor got every event routed to it (cheap count check first)."""
@@ -118,33 +122,40 @@ class Ledger:
 
     def duplicates(self, sandboxes: dict[str, Sandbox]) -> dict[str, int]:
         """Per vendor, accepted requests beyond the first for each event."""
-        return {v: sum(n - 1 for n in self.received(v, sandboxes[v]).values())
-                for v in self.expected}
+        return {
+            v: sum(n - 1 for n in self.received(v, sandboxes[v]).values()) for v in self.expected
+        }
 
 
 async def http_status(port: int, path: str, timeout_s: float = 2.0) -> int | None:
     """The status of GET path on the relay's HTTP port, or None when it does not answer."""
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as s:
-            async with s.get(f"http://127.0.0.1:{port}{path}") as resp:
-                await resp.read()
-                return resp.status
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as s,
+            s.get(f"http://127.0.0.1:{port}{path}") as resp,
+        ):
+            await resp.read()
+            return resp.status
     except (aiohttp.ClientError, TimeoutError):
         return None
 
 
 async def http_json(port: int, path: str, timeout_s: float = 5.0) -> Any:
     """GET path on the relay's HTTP port and decode the JSON body."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as s:
-        async with s.get(f"http://127.0.0.1:{port}{path}") as resp:
-            return orjson.loads(await resp.read())
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as s,
+        s.get(f"http://127.0.0.1:{port}{path}") as resp,
+    ):
+        return orjson.loads(await resp.read())
 
 
 async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """The relay's /metrics as {(sample name, sorted labels): value}."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
-        async with s.get(f"http://127.0.0.1:{port}/metrics") as resp:
-            text = await resp.text()
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s,
+        s.get(f"http://127.0.0.1:{port}/metrics") as resp,
+    ):
+        text = await resp.text()
     samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -152,16 +163,22 @@ async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
     return samples
 
 
-def metric(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
-           **labels: str) -> float:
+def metric(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
     """Sum of the samples of `name` whose labels include `labels`."""
     wanted = set(labels.items())
     return sum(v for (n, lab), v in samples.items() if n == name and wanted <= set(lab))
 
 
-async def publish_paced(bootstrap: str, topic: str, lines: list[bytes], rate_per_s: float,
-                        key: Callable[[bytes], bytes | None] | None = None,
-                        chunk: int = 100) -> None:
+async def publish_paced(
+    bootstrap: str,
+    topic: str,
+    lines: list[bytes],
+    rate_per_s: float,
+    key: Callable[[bytes], bytes | None] | None = None,
+    chunk: int = 100,
+) -> None:
     """Publish lines at about `rate_per_s`, in chunks, each chunk acknowledged before the next."""
     from service.publish import record_key
 
@@ -170,8 +187,10 @@ async def publish_paced(bootstrap: str, topic: str, lines: list[bytes], rate_per
     try:
         started = time.monotonic()
         for start in range(0, len(lines), chunk):
-            futures = [await producer.send(topic, value=line, key=(key or record_key)(line))
-                       for line in lines[start:start + chunk]]
+            futures = [
+                await producer.send(topic, value=line, key=(key or record_key)(line))
+                for line in lines[start : start + chunk]
+            ]
             await asyncio.gather(*futures)
             due_s = started + (start + chunk) / rate_per_s - time.monotonic()
             if due_s > 0:
@@ -196,8 +215,9 @@ def report(record_property: Callable[[str, Any], None], **figures: Any) -> None:
         record_property(name, value)
 
 
-async def poll_until(predicate: Callable[[], bool], timeout_s: float, what: str,
-                     interval_s: float = 0.5) -> float:
+async def poll_until(
+    predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.5
+) -> float:
     """Like `wait_for`, for costly predicates: poll every interval; returns the seconds waited."""
     started = time.monotonic()
     while not predicate():
