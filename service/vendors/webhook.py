@@ -175,14 +175,18 @@ def resolve(path: EventPath, event: ConversionEvent, route: Route | None) -> Any
 
 
 def render(node: Any, event: ConversionEvent, route: Route) -> Any:
-    """Fill a compiled template from the event; keys whose path is absent are left out."""
-    if isinstance(node, EventPath):
-        return resolve(node, event, route)
+    """Fill a compiled template; a key whose path is absent is left out, a literal null is kept."""
     if isinstance(node, dict):
-        filled = {key: render(value, event, route) for key, value in node.items()}
-        return {key: value for key, value in filled.items() if value is not None}
+        filled: dict[str, Any] = {}
+        for key, value in node.items():
+            result = render(value, event, route)
+            if result is not None or not isinstance(value, EventPath):
+                filled[key] = result
+        return filled
     if isinstance(node, list):
         return [render(value, event, route) for value in node]
+    if isinstance(node, EventPath):
+        return resolve(node, event, route)
     return node
 
 

@@ -114,6 +114,15 @@ def test_template_fills_paths_literals_nested_objects_and_lists() -> None:
     }
 
 
+def test_absent_paths_drop_their_key_but_literal_nulls_stay() -> None:
+    """A path the event lacks leaves its key out; a null written in the template is sent."""
+    assert rendered({"cur": "$.currency", "none": None, "in": {"x": None, "y": "$.value"}}) == {
+        "none": None,
+        "in": {"x": None},
+    }
+    assert rendered({"list": ["$.currency", None]}) == {"list": [None, None]}
+
+
 def test_whole_objects_are_sent_as_json_objects() -> None:
     """A path to a struct or a map sends it whole, as the canonical JSON shape."""
     converted = event(customer={"email": "a@b.c", "ids": {"crm": "C-1"}}, attributes={"a": 1})
