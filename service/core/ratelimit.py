@@ -28,6 +28,10 @@ import msgspec
 
 __all__ = ["GcraResult", "RateLimitConfig", "TokenBucket", "gcra"]
 
+# Waits below this are rounding noise (float sums of intervals) and count as "go now"; without
+# it a poller could be told to wait 1e-15 s, which its clock cannot even represent.
+_RESOLUTION_S = 1e-9
+
 
 class RateLimitConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A vendor's request rate: `per_s` on average, up to `burst` at once (default one second's)."""
@@ -68,7 +72,8 @@ def gcra(
 ) -> GcraResult:
     """One GCRA step; admitted (and `tat_s` advanced) when the wait is at most `max_wait_s`."""
     start_s = max(tat_s, now_s)
-    wait_s = max(0.0, start_s - now_s - (burst - 1) * emission_interval_s)
+    wait_s = start_s - now_s - (burst - 1) * emission_interval_s
+    wait_s = wait_s if wait_s > _RESOLUTION_S else 0.0
     if wait_s > max_wait_s:
         return GcraResult(False, tat_s, wait_s)
     return GcraResult(True, start_s + emission_interval_s, wait_s)

@@ -68,7 +68,10 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 local start = math.max(tat, now)
-local wait = math.max(0, start - now - (burst - 1) * interval)
+local wait = start - now - (burst - 1) * interval
+if wait <= 1e-9 then
+  wait = 0
+end
 if max_wait >= 0 and wait > max_wait then
   return {0, math.ceil(wait * 1000000), 0}
 end
