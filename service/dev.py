@@ -70,10 +70,11 @@ def _samples(metric: Metric, vendor: str) -> dict[str, float]:
 
 
 def _view(relay: Relay) -> Table:
-    table = Table(title="conversion-relay dev — per vendor")
-    for column in ("vendor", "consumed", "delivered", "skipped", "retried", "rejected",
-                   "dead-lettered", "DLQ writes", "in flight", "lag"):
-        table.add_column(column, justify="right" if column != "vendor" else "left")
+    table = Table(title="conversion-relay dev — per vendor", caption=(
+        "in: consumed · ok: delivered · dead: dead-lettered after retries · dlq: DLQ writes"))
+    table.add_column("vendor", no_wrap=True)
+    for column in ("in", "ok", "skip", "retry", "rejected", "dead", "dlq", "inflight", "lag"):
+        table.add_column(column, justify="right")
     metrics = {m.name: m for m in relay.metrics.registry.collect()}
     prefix = "conversion_relay_"
     for name in relay.vendor_names:
