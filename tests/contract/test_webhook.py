@@ -1,4 +1,4 @@
-"""Generic webhook: the worked example of docs/vendors.md, through adapter and sandbox."""
+"""Generic webhook: the worked example of the README's Vendors section, through adapter and sandbox."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 ALERTS_TEST = ROOT / "tests" / "fixtures" / "alerts_test.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "conversion-relay.json"
-DOC = ROOT / "docs" / "observability.md"
+DOC = ROOT / "README.md"
 RUNBOOK_BASE = "https://github.com/example/conversion-relay#"
 # Prometheus' own metric, written by the scrape itself.
 PROMETHEUS_METRICS = {"up"}
@@ -180,7 +180,7 @@ def github_slug(heading: str) -> str:
 
 
 def test_every_runbook_link_has_a_section() -> None:
-    """docs/observability.md has a heading for each alert's runbook anchor (and for #runbook)."""
+    """The README has a heading for each alert's runbook anchor (and for #runbook)."""
     headings = re.findall(r"^#{1,6}\s+(.+?)\s*$", DOC.read_text(), flags=re.MULTILINE)
     anchors = {github_slug(h) for h in headings}
     assert "runbook" in anchors
