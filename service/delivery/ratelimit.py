@@ -41,13 +41,10 @@ log = logging.getLogger("conversion_relay.ratelimit")
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
-# What "Redis is unreachable" looks like; any of these switches the limiter to its fallback.
-REDIS_ERRORS: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    ConnectionError,
-    TimeoutError,
-)
+# What "Redis cannot serve us" looks like: unreachable or slow (ConnectionError, TimeoutError),
+# and also any error reply (OOM, READONLY replica, BUSY script): every one of these switches the
+# limiter to its local fallback and the dedup store to fail-open, rather than failing delivery.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
 
 # service.core.ratelimit.gcra(), line for line, on Redis' clock, behind the vendor's pause key.
 # KEYS[1] GCRA state, KEYS[2] pause; ARGV[1] emission interval s (0 = unlimited), ARGV[2] burst,

@@ -112,6 +112,15 @@ async def test_a_retry_after_pause_set_by_one_replica_blocks_the_other(clients: 
     assert await b.paused_for_s("v") == 0.0
 
 
+async def test_a_shared_pause_also_holds_a_vendor_without_a_rate_limit(clients: Clients) -> None:
+    """A vendor with no rate limit configured still waits out a pause set by another replica."""
+    a, b = RedisRateLimiter(clients(), {"u": None}), RedisRateLimiter(clients(), {"u": None})
+    assert await b.acquire("u") == 0.0
+    await a.pause_until("u", time.time() + 0.3)
+    assert await b.acquire("u") >= 0.25
+    assert await b.acquire("u") == 0.0
+
+
 async def test_a_shorter_pause_never_shortens_the_shared_one(clients: Clients) -> None:
     """The pause key's expiry is only ever extended, whichever replica writes."""
     limits = {"v": RateLimitConfig(per_s=100.0)}
