@@ -23,6 +23,8 @@ from service.embedded import EmbeddedBroker, create_topics, free_port
 from service.sandbox.base import Sandbox
 from service.sandbox.goal_reach import GoalReachContract
 
+pytest_plugins = ["tests.plugins.redis_server"]
+
 ROOT = Path(__file__).resolve().parent.parent
 GOAL_PURCHASE = "299837db-9b51-45a4-996b-844d3fd05bbd"
 GOAL_SIGNUP = "ea565c1b-70b1-4165-bd39-4df0d4e4f9bc"
