@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Annotated
 import msgspec
 
 if TYPE_CHECKING:  # only for annotations: service.vendors imports the core at load
-    from service.vendors.base import Outcome
+    from service.core.exchange import Outcome
 
 __all__ = ["AdaptiveConcurrency", "ConcurrencyConfig", "is_overload"]
 

@@ -23,8 +23,20 @@ from typing import Annotated
 
 import msgspec
 
+from service.core.exchange import Outcome, OutcomeKind
 from service.errors import RelayError, VendorTimeout
-from service.vendors.base import Outcome, OutcomeKind, RetryConfig
+
+_PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class RetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How often and how patiently one record is retried before it is dead-lettered."""
+
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
+    initial_backoff_s: _PositiveFloat = 0.2
+    max_backoff_s: _PositiveFloat = 30.0
+    max_elapsed_s: _PositiveFloat = 300.0
+
 
 __all__ = [
     "HttpStatus",

@@ -7,8 +7,8 @@ from datetime import datetime
 
 import msgspec
 
+from service.core.exchange import Route
 from service.events import ConversionEvent
-from service.vendors.base import Route
 
 
 class Skip(msgspec.Struct, frozen=True):

@@ -1,26 +1,37 @@
-"""What every vendor protocol shares: its config base, the request/response/outcome types and
-the Adapter protocol (pure `build` and `classify`; no I/O)."""
+"""What every vendor protocol shares: its config base and the Adapter protocol (pure `build` and
+`classify`; no I/O). The exchange types live in `service.core.exchange` and are re-exported here."""
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from typing import Annotated, ClassVar, Protocol
 
 import msgspec
 
+from service.core.breaker import BreakerConfig
+from service.core.exchange import (
+    Outcome,
+    OutcomeKind,
+    Route,
+    VendorRequest,
+    VendorResponse,
+)
+from service.core.ratelimit import RateLimitConfig
+from service.core.retry import RetryConfig
 from service.events import ConversionEvent
 
+__all__ = [
+    "Adapter",
+    "Outcome",
+    "OutcomeKind",
+    "RetryConfig",
+    "Route",
+    "VendorBase",
+    "VendorRequest",
+    "VendorResponse",
+]
+
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
-
-
-class RetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """How often and how patiently one record is retried before it is dead-lettered."""
-
-    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
-    initial_backoff_s: PositiveFloat = 0.2
-    max_backoff_s: PositiveFloat = 30.0
-    max_elapsed_s: PositiveFloat = 300.0
 
 
 class VendorBase(
@@ -32,60 +43,20 @@ class VendorBase(
     base_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")]
     timeout_s: PositiveFloat = 10.0
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
+    # Adaptive (AIMD) concurrency between 1 and `concurrency`; off = always `concurrency`.
+    adaptive_concurrency: bool = False
     # Events older than this are not sent (dead-lettered as `expired`); None = no limit.
     max_event_age_s: PositiveFloat | None = None
     retry: RetryConfig = RetryConfig()
+    # Requests per second allowed by the vendor; shared by every replica when Redis is set.
+    rate_limit: RateLimitConfig | None = None
+    # Per-status overrides of the default table, e.g. {409: delivered, 404: retry}.
+    status_actions: dict[Annotated[int, msgspec.Meta(ge=100, le=599)], OutcomeKind] = {}
+    breaker: BreakerConfig = BreakerConfig()
 
     def goal_ids(self) -> Mapping[str, str]:
         """Canonical goal name → the vendor's goal id, as text."""
         raise NotImplementedError
-
-
-class VendorRequest(msgspec.Struct, frozen=True):
-    """One HTTP request, fully built and encoded once."""
-
-    method: str
-    url: str
-    headers: Mapping[str, str]
-    body: bytes
-
-
-class VendorResponse(msgspec.Struct, frozen=True):
-    """What a vendor answered."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-
-class OutcomeKind(enum.Enum):
-    """The three things an answer can mean."""
-
-    DELIVERED = "delivered"
-    RETRY = "retry"
-    REJECT = "reject"
-
-
-class Outcome(msgspec.Struct, frozen=True, kw_only=True):
-    """A classified answer: what happened, a short reason code and the vendor's own words."""
-
-    kind: OutcomeKind
-    reason: str = ""
-    detail: str = ""
-    status: int | None = None
-    retry_after_s: float | None = None
-
-    @property
-    def retriable(self) -> bool:
-        """Whether trying the same request again may succeed."""
-        return self.kind is OutcomeKind.RETRY
-
-
-class Route(msgspec.Struct, frozen=True):
-    """An event routed to a vendor: the vendor's own id for the event's goal."""
-
-    vendor: str
-    goal_id: str
 
 
 class Adapter(Protocol):

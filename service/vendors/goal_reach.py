@@ -14,7 +14,7 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
-from service.core.retry import classify_status
+from service.core import retry
 from service.errors import VendorInputError
 from service.events import ConversionEvent, ParamValue
 from service.vendors.base import Outcome, Route, VendorBase, VendorRequest, VendorResponse
@@ -110,4 +110,4 @@ class GoalReachAdapter:
     def classify(self, response: VendorResponse) -> Outcome:
         """200 is delivered; the rest by the default status table, with the body as detail."""
         detail = response.body[:512].decode("utf-8", "replace")
-        return classify_status(response.status, response.headers, detail)
+        return retry.classify_status(response.status, response.headers, detail)

@@ -1,0 +1,56 @@
+"""One exchange with a vendor: the request built, the answer received, what it meant, and the
+route that chose the vendor. Pure data shared by core policy, adapters and the sender."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+import msgspec
+
+
+class VendorRequest(msgspec.Struct, frozen=True):
+    """One HTTP request, fully built and encoded once."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class VendorResponse(msgspec.Struct, frozen=True):
+    """What a vendor answered."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class OutcomeKind(enum.Enum):
+    """The three things an answer can mean."""
+
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    REJECT = "reject"
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """A classified answer: what happened, a short reason code and the vendor's own words."""
+
+    kind: OutcomeKind
+    reason: str = ""
+    detail: str = ""
+    status: int | None = None
+    retry_after_s: float | None = None
+
+    @property
+    def retriable(self) -> bool:
+        """Whether trying the same request again may succeed."""
+        return self.kind is OutcomeKind.RETRY
+
+
+class Route(msgspec.Struct, frozen=True):
+    """An event routed to a vendor: the vendor's own id for the event's goal."""
+
+    vendor: str
+    goal_id: str
