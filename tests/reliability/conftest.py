@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,3 +225,23 @@ async def poll_until(
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         await asyncio.sleep(interval_s)
     return time.monotonic() - started
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]],
+    timeout_s: float,
+    what: str,
+    interval_s: float = 0.5,
+    *,
+    required: bool = True,
+) -> bool:
+    """Await `check` until it holds; on timeout fail naming `what` (or return False)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if await check():
+            return True
+        if time.monotonic() > deadline:
+            if required:
+                raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+            return False
+        await asyncio.sleep(interval_s)
