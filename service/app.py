@@ -15,8 +15,11 @@ from aiokafka.errors import KafkaError
 
 from service import __version__
 from service.config import Config
+from service.delivery.dedup import DedupStore, make_dedup_store
 from service.delivery.dlq import DeadLetterWriter
 from service.delivery.pipeline import VendorPipeline
+from service.delivery.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from service.delivery.redis_config import redis_client
 from service.delivery.replay import LetterFilter, end_offsets, record_filter, wait_caught_up
 from service.delivery.sender import Sender, close_sessions, new_session
 from service.http import start_http
@@ -48,6 +51,9 @@ class Relay:
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._producer: Any = None
         self._dlq: DeadLetterWriter | None = None
+        self._redis: Any = None
+        self._limiter: RateLimiter | None = None
+        self._dedup: DedupStore | None = None
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown (what SIGTERM and SIGINT do)."""
@@ -88,7 +94,11 @@ class Relay:
                     assigned_partitions=[f"{tp.topic}:{tp.partition}" for tp in pipeline.assigned],
                     lag=pipeline.lag(),
                     in_flight=pipeline.in_flight,
-                    concurrency=vendor.concurrency,
+                    paused=pipeline.paused,
+                    breaker=pipeline.sender.breaker_state,
+                    concurrency_limit=pipeline.sender.concurrency.limit,
+                    concurrency_max=vendor.concurrency,
+                    rate_limit_per_s=vendor.rate_limit.per_s if vendor.rate_limit else None,
                     last_error=pipeline.last_error or None,
                 )
             vendors[name] = entry
@@ -119,25 +129,41 @@ class Relay:
         session = self._sessions.get(name)
         if session is None:
             session = self._sessions[name] = new_session(vendor)
-        sender = Sender(name, make_adapter(name, vendor), session, vendor, self.metrics)
+        assert self._limiter is not None, "start_shared() first"
+        sender = Sender(name, make_adapter(name, vendor), session, vendor, self.metrics,
+                        self._limiter)
         kafka = self.config.kafka
         group = group or f"{kafka.group_prefix}.{name}"
         consumer = AIOKafkaConsumer(**consumer_kwargs(kafka, group))
         assert self._dlq is not None
         return VendorPipeline(name, vendor, sender, self._dlq, consumer,
                               topics or list(kafka.topics), self.config.pipeline, self.metrics,
-                              accept=accept)
+                              accept=accept, dedup=self._dedup)
 
-    async def start_producer(self) -> None:
-        """Connect the DLQ producer (retrying while Kafka is unavailable)."""
+    async def start_shared(self) -> None:
+        """The parts every pipeline shares: DLQ producer, rate limiter, dedup store (and Redis)."""
+        config = self.config
+        limits = {name: vendor.rate_limit for name, vendor in config.vendors.items()}
+        if config.redis is not None:
+            self._redis = redis_client(config.redis)
+            self._limiter = RedisRateLimiter.from_config(self._redis, limits, config.redis,
+                                                         self.metrics)
+            log.info("rate limits and Retry-After pauses shared through Redis")
+        else:
+            self._limiter = LocalRateLimiter(limits, metrics=self.metrics)
+        self._dedup = make_dedup_store(config.dedup, self._redis,
+                                       config.redis.key_prefix if config.redis else "")
         await self._start_producer()
 
     async def close(self) -> None:
-        """Close vendor sessions and the producer."""
+        """Close vendor sessions, the producer and the Redis client."""
         await close_sessions(list(self._sessions.values()))
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
 
     async def _supervise(self, name: str) -> None:
         """Run a vendor's pipeline; if it fails (e.g. the broker vanished), start a fresh one."""
@@ -169,7 +195,7 @@ class Relay:
         if on_ready is not None:
             on_ready(self)
         try:
-            await self._start_producer()
+            await self.start_shared()
             tasks = [asyncio.create_task(self._supervise(n)) for n in self.vendor_names]
             await self._stop.wait()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -213,7 +239,7 @@ class Replay:
         """Replay until caught up with the DLQ end offsets taken at the start."""
         config = self.relay.config
         ends = await end_offsets(config.kafka, config.dlq.topic)
-        await self.relay.start_producer()
+        await self.relay.start_shared()
         pipeline = self.relay.make_pipeline(
             self.vendor, topics=[config.dlq.topic],
             group=f"{config.kafka.group_prefix}.replay.{self.vendor}",

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
+from service.delivery.redis_config import DedupConfig, RedisConfig
 from service.errors import ConfigError
 from service.vendors import VendorConfig
 
@@ -88,6 +89,9 @@ class Config(Strict, frozen=True):
     http: HttpConfig = HttpConfig()
     dlq: DlqConfig = DlqConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    # Optional shared state: global rate limits, Retry-After pauses and the dedup store.
+    redis: RedisConfig | None = None
+    dedup: DedupConfig = DedupConfig()
 
     def enabled_vendors(self) -> dict[str, VendorConfig]:
         """The vendors that get a pipeline."""
@@ -171,6 +175,8 @@ def _check_semantics(config: Config) -> list[str]:
         problems.append("kafka.heartbeat_interval_ms: must be below session_timeout_ms")
     if not config.enabled_vendors():
         problems.append("vendors: no vendor is enabled")
+    if config.dedup.enabled and config.dedup.backend == "redis" and config.redis is None:
+        problems.append("dedup.backend: redis needs a `redis:` section")
     return problems
 
 

@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError
 from service.config import PipelineConfig
 from service.core.offsets import OffsetTracker
 from service.core.routing import Expired, Skip, route_event
+from service.delivery.dedup import DedupStore
 from service.delivery.dlq import REASONS, DeadLetter, DeadLetterWriter, SourceRecord
 from service.delivery.sender import Attempts, Sender
 from service.errors import INVALID_KINDS, EventError, VendorInputError
@@ -106,6 +107,7 @@ class VendorPipeline:
         metrics: Metrics,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         accept: Callable[[Any], str | None] | None = None,
+        dedup: DedupStore | None = None,
     ) -> None:
         self.vendor = vendor
         self._config = config
@@ -120,6 +122,7 @@ class VendorPipeline:
         self._now = now
         # Replay's filter: None to process a record, or the reason it is passed over.
         self._accept = accept
+        self._dedup = dedup
         self._queue: asyncio.Queue[Work] = asyncio.Queue()
         self._trackers: dict[TopicPartition, OffsetTracker] = {}
         self._epochs: dict[TopicPartition, int] = {}
@@ -156,6 +159,16 @@ class VendorPipeline:
     def ready(self) -> bool:
         """Joined its group and not shutting down."""
         return self.joined and not self._stopping.is_set()
+
+    @property
+    def sender(self) -> Sender:
+        """The vendor's sender (breaker, concurrency, limiter state)."""
+        return self._sender
+
+    @property
+    def paused(self) -> bool:
+        """Whether fetching is paused (in-flight cap reached or breaker open)."""
+        return self._paused
 
     @property
     def in_flight(self) -> int:
@@ -202,7 +215,8 @@ class VendorPipeline:
         while not self._stopping.is_set():
             in_flight = self.in_flight
             self._in_flight_gauge.set(in_flight)
-            if in_flight >= cap:
+            if in_flight >= cap or self._sender.sending_blocked():
+                # At the cap, or the vendor's breaker is open: events wait in Kafka.
                 self._set_paused(True)
             elif self._paused and in_flight <= self._settings.low_water:
                 self._set_paused(False)
@@ -271,8 +285,11 @@ class VendorPipeline:
         outcome = await self._sender.attempt(work.request, work.attempts)
         if outcome.kind is OutcomeKind.DELIVERED:
             self._delivered.inc()
-            if work.event is not None:
-                self._e2e.observe(max(0.0, (self._now() - work.event.occurred_at).total_seconds()))
+            event = work.event
+            if event is not None:
+                self._e2e.observe(max(0.0, (self._now() - event.occurred_at).total_seconds()))
+                if self._dedup is not None:
+                    await self._dedup.mark(self.vendor, event.event_id)
             self._complete(work)
             return
         self.last_error = f"{outcome.reason}: {outcome.detail}"[:300]
@@ -320,6 +337,11 @@ class VendorPipeline:
             error_text = f"event is {decision.age_s:.0f}s old, over max_event_age_s"
             await self._write_dead_letter(work, "expired", error_text, None)
             self._metrics.deliveries.labels(self.vendor, "expired").inc()
+            return None
+        if self._dedup is not None and await self._dedup.seen(self.vendor, event.event_id):
+            # Delivered before (a rebalance, crash or replay brought it back): not again.
+            self._metrics.deliveries.labels(self.vendor, "deduplicated").inc()
+            self._complete(work)
             return None
         try:
             return self._adapter.build(event, decision)

@@ -1,7 +1,14 @@
-"""The shared HTTP sender: one place that shows the order of the layers around a request.
+"""The shared HTTP sender: the layers around one request, outermost first, in one place.
 
-    attempt:  request → classify          (foreign aiohttp errors translated here, once)
-    retry:    backoff with full jitter, Retry-After honoured, max_attempts and max_elapsed_s
+    dedup      (pipeline: skip an event already delivered to this vendor; mark after delivery)
+    breaker    wait while the vendor's circuit is open (the pipeline also pauses its fetching)
+    limiter    the vendor's rate limit and any Retry-After pause (shared over Redis if set)
+    concurrency  adaptive (AIMD) gate, when enabled; else the worker count is the ceiling
+    request    one encoded request; aiohttp's errors translated here, once
+    classify   the adapter's reading of the answer, then this vendor's status overrides
+    retry      backoff with full jitter, Retry-After honoured, max_attempts and max_elapsed_s;
+               never given up while the breaker is open (an outage is not the event's fault)
+    DLQ        (pipeline: rejected, exhausted or expired records, with their story)
 """
 
 from __future__ import annotations
@@ -14,17 +21,17 @@ from collections.abc import Callable
 import aiohttp
 import msgspec
 
-from service.core.retry import backoff_s
+from service.core.breaker import BreakerState, CircuitBreaker, is_outage
+from service.core.concurrency import AdaptiveConcurrency, ConcurrencyConfig, is_overload
+from service.core.exchange import Outcome, VendorRequest, VendorResponse
+from service.core.retry import StatusTable, backoff_s, error_outcome
+from service.delivery.ratelimit import RateLimiter
 from service.errors import DeliveryError, VendorTimeout, VendorUnreachable
 from service.metrics import Metrics
-from service.vendors.base import (
-    Adapter,
-    Outcome,
-    OutcomeKind,
-    VendorBase,
-    VendorRequest,
-    VendorResponse,
-)
+from service.vendors.base import Adapter, VendorBase
+
+# Statuses whose Retry-After pauses the whole vendor, not just the one record.
+_VENDOR_WIDE_WAIT = frozenset({429, 503})
 
 
 class Attempts(msgspec.Struct, kw_only=True):
@@ -40,16 +47,30 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
-def _error_outcome(error: DeliveryError) -> Outcome:
-    reason = "timeout" if isinstance(error, VendorTimeout) else "unreachable"
-    return Outcome(kind=OutcomeKind.RETRY, reason=reason, detail=str(error))
-
-
 def new_session(config: VendorBase) -> aiohttp.ClientSession:
     """One pooled session per vendor: connections up to its concurrency, its own timeout."""
     connector = aiohttp.TCPConnector(limit=config.concurrency, ttl_dns_cache=300)
     timeout = aiohttp.ClientTimeout(total=config.timeout_s)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, raise_for_status=False)
+
+
+class _Gate:
+    """A semaphore whose limit may change while requests are in flight."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+        self._freed = asyncio.Event()
+
+    async def acquire(self) -> None:
+        while self.active >= self.limit:
+            self._freed.clear()
+            await self._freed.wait()
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
+        self._freed.set()
 
 
 class Sender:
@@ -62,21 +83,51 @@ class Sender:
         session: aiohttp.ClientSession,
         config: VendorBase,
         metrics: Metrics,
+        limiter: RateLimiter,
         rng: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.vendor = vendor
         self.adapter = adapter
         self._session = session
+        self._config = config
         self._retry = config.retry
+        self._limiter = limiter
+        self._table = StatusTable(config.status_actions)
         self._rng = rng
         self._clock = clock
+        self._monotonic = monotonic
+        self.breaker = CircuitBreaker(config.breaker) if config.breaker.enabled else None
+        self.concurrency = AdaptiveConcurrency(
+            ConcurrencyConfig(max=config.concurrency, adaptive=config.adaptive_concurrency),
+            monotonic(),
+        )
+        self._gate = _Gate(self.concurrency.limit) if config.adaptive_concurrency else None
         self._requests = {c: metrics.http_requests.labels(vendor, c)
                           for c in ("2xx", "3xx", "4xx", "5xx", "error")}
         self._duration = metrics.request_duration.labels(vendor)
+        self._breaker_gauge = metrics.breaker_state.labels(vendor)
+        self._breaker_gauge.set(0)
+        self._limit_gauge = metrics.concurrency_limit.labels(vendor)
+        self._limit_gauge.set(self.concurrency.limit)
+
+    @property
+    def breaker_state(self) -> str:
+        """closed | half_open | open, for /status."""
+        return self.breaker.state.value if self.breaker is not None else "disabled"
+
+    def sending_blocked(self) -> bool:
+        """Whether the breaker forbids requests right now (the pipeline pauses fetching then)."""
+        return self.breaker is not None and self.breaker.retry_in_s(self._monotonic()) > 0
 
     async def attempt(self, request: VendorRequest, attempts: Attempts) -> Outcome:
-        """One try: send the request and classify the answer."""
+        """One try through breaker, rate limiter and concurrency gate; the answer classified."""
+        await self._wait_for_breaker()
+        await self._limiter.acquire(self.vendor)
+        gate = self._gate
+        if gate is not None:
+            await gate.acquire()
         now_s = self._clock()
         if attempts.count == 0:
             attempts.first_at_s = now_s
@@ -84,14 +135,23 @@ class Sender:
         attempts.last_at_s = now_s
         started = time.perf_counter()
         try:
+            outcome = await self._send(request)
+        finally:
+            rtt_s = time.perf_counter() - started
+            self._duration.observe(rtt_s)
+            if gate is not None:
+                gate.release()
+        await self._observe(outcome, rtt_s)
+        return outcome
+
+    async def _send(self, request: VendorRequest) -> Outcome:
+        try:
             response = await self._exchange(request)
         except DeliveryError as error:
             self._requests["error"].inc()
-            return _error_outcome(error)
-        finally:
-            self._duration.observe(time.perf_counter() - started)
+            return error_outcome(error)
         self._requests.get(status_class(response.status), self._requests["error"]).inc()
-        return self.adapter.classify(response)
+        return self._table.apply(self.adapter.classify(response))
 
     async def _exchange(self, request: VendorRequest) -> VendorResponse:
         """The HTTP round trip; aiohttp's errors become the relay's own here."""
@@ -106,15 +166,44 @@ class Sender:
         except aiohttp.ClientError as exc:
             raise VendorUnreachable(f"{type(exc).__name__}: {exc}") from exc
 
+    async def _wait_for_breaker(self) -> None:
+        breaker = self.breaker
+        if breaker is None:
+            return
+        while not breaker.allow(self._monotonic()):
+            self._breaker_gauge.set(breaker.state.gauge_value)
+            await asyncio.sleep(min(1.0, max(0.05, breaker.retry_in_s(self._monotonic()))))
+        self._breaker_gauge.set(breaker.state.gauge_value)
+
+    async def _observe(self, outcome: Outcome, rtt_s: float) -> None:
+        """Feed the breaker and the AIMD controller; turn a Retry-After into a vendor pause."""
+        now_s = self._monotonic()
+        if self.breaker is not None:
+            self.breaker.record(not is_outage(outcome), now_s)
+            self._breaker_gauge.set(self.breaker.state.gauge_value)
+        if self._gate is not None:
+            limit = self.concurrency.observe(rtt_s, is_overload(outcome), now_s, self._gate.active)
+            if limit != self._gate.limit:
+                self._gate.limit = limit
+                self._limit_gauge.set(limit)
+        if outcome.retry_after_s is not None and outcome.status in _VENDOR_WIDE_WAIT:
+            await self._limiter.pause_until(self.vendor, self._clock() + outcome.retry_after_s)
+
     def retry_delay_s(self, outcome: Outcome, attempts: Attempts) -> float | None:
         """Seconds to wait before the next try, or None when the retry budget is spent."""
-        if not outcome.retriable or attempts.count >= self._retry.max_attempts:
+        if not outcome.retriable:
             return None
         delay_s = backoff_s(
             attempts.count, self._retry.initial_backoff_s, self._retry.max_backoff_s, self._rng
         )
         if outcome.retry_after_s is not None:
             delay_s = max(delay_s, outcome.retry_after_s)
+        breaker = self.breaker
+        if breaker is not None and breaker.state is not BreakerState.CLOSED:
+            # A vendor-wide outage: the record waits with the others instead of burning its budget.
+            return max(delay_s, breaker.retry_in_s(self._monotonic()))
+        if attempts.count >= self._retry.max_attempts:
+            return None
         if self._clock() + delay_s - attempts.first_at_s > self._retry.max_elapsed_s:
             return None
         return delay_s
