@@ -156,7 +156,7 @@ def _vendor_problems(prefix: str, raw: Any, exc: msgspec.ValidationError) -> lis
     found = []
     for entry_key, entry in container.items():
         try:
-            msgspec.convert({**raw, keys[0]: {entry_key: entry}}, VendorConfig)
+            msgspec.convert({**raw, keys[0]: {entry_key: entry}}, VendorConfig, str_keys=True)
         except msgspec.ValidationError as entry_exc:
             text = _msgspec_problem(prefix, entry_exc)
             found.append(text.replace(f"{keys[0]}[...]", f"{keys[0]}.{entry_key}", 1))
@@ -206,7 +206,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     vendors: dict[str, VendorConfig] = {}
     for name, raw in vendors_raw.items():
         try:
-            vendors[str(name)] = msgspec.convert(raw, VendorConfig)
+            vendors[str(name)] = msgspec.convert(raw, VendorConfig, str_keys=True)
         except msgspec.ValidationError as exc:
             problems.extend(_vendor_problems(f"vendors.{name}", raw, exc))
     rest = {k: v for k, v in data.items() if k != "vendors"}
