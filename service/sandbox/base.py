@@ -89,6 +89,7 @@ class Sandbox:
     refused: list[Received] = field(default_factory=list)
     request_times_s: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
+    answers: list[tuple[float, int]] = field(default_factory=list)  # (arrival time, status)
     host: str = "127.0.0.1"
     port: int = 0
     rng: Callable[[], float] = random.random
@@ -145,6 +146,7 @@ class Sandbox:
         self.refused.clear()
         self.request_times_s.clear()
         self.statuses.clear()
+        self.answers.clear()
         self.faults = Faults()
 
     def payloads(self) -> list[Any]:
@@ -157,8 +159,9 @@ class Sandbox:
             "statuses": {str(k): v for k, v in self.statuses.items()},
         })
 
-    def _answer(self, response: web.StreamResponse) -> web.StreamResponse:
+    def _answer(self, response: web.StreamResponse, arrived_s: float) -> web.StreamResponse:
         self.statuses[response.status] = self.statuses.get(response.status, 0) + 1
+        self.answers.append((arrived_s, response.status))
         return response
 
     def _over_rate(self, now_s: float) -> bool:
@@ -181,11 +184,11 @@ class Sandbox:
             faults.throttle_rate > 0 and self.rng() < faults.throttle_rate
         ):
             wait_s = faults.retry_after_s if faults.retry_after_s is not None else 1
-            return self._answer(web.Response(status=429, headers={"Retry-After": str(wait_s)}))
+            return self._answer(web.Response(status=429, headers={"Retry-After": str(wait_s)}), now_s)
         if self._over_rate(now_s):
-            return self._answer(web.Response(status=429, headers={"Retry-After": "1"}))
+            return self._answer(web.Response(status=429, headers={"Retry-After": "1"}), now_s)
         if faults.error_rate > 0 and self.rng() < faults.error_rate:
-            return self._answer(web.Response(status=faults.error_status))
+            return self._answer(web.Response(status=faults.error_status), now_s)
         verdict = self.contract.check(request, body)
         received = Received(
             at_s=now_s, method=request.method, path=request.path, query=dict(request.query),
@@ -193,10 +196,10 @@ class Sandbox:
         )
         if isinstance(verdict, Refused):
             self.refused.append(received)
-            return self._answer(verdict.response)
+            return self._answer(verdict.response, now_s)
         if faults.reject_next > 0:
             faults.reject_next -= 1
             self.refused.append(received)
-            return self._answer(self.contract.rejection())
+            return self._answer(self.contract.rejection(), now_s)
         self.accepted.append(received)
-        return self._answer(verdict.response)
+        return self._answer(verdict.response, now_s)
