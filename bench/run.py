@@ -1,0 +1,913 @@
+"""The benchmark: `python -m bench.run [--events N] [--scenario ...] [--quick]` (or `make bench`).
+
+Starts its own Tansu broker and sinks on loopback, preloads a backlog, runs every contender over
+the same backlog (a fresh consumer group each), one at a time, each in its own process measured
+from /proc, and prints the report (written to bench/RESULTS.md on a full run). See
+bench/README.md for what each scenario measures and how to read the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench import kafka, relay
+from bench.procs import Proc, Usage, install_signal_handlers, python_module, stop_all
+from bench.report import Row, Section, machine, mib, num, throughput_section
+from bench.sinks import NginxSink, SandboxSink, Sink, SinkStats, nginx_binary, total_stats
+from bench.workload import VENDOR
+from service.config import parse_config
+from service.demo import sample_lines
+from service.embedded import EmbeddedBroker
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+SCENARIOS = ("throughput", "nginx", "latency", "memory", "ratelimit", "workers")
+CONTENDERS = ("kafka", "client", "naive", "faststream", "faststream64", "relay1", "relay5")
+POLL_S = 0.1
+
+
+@dataclass
+class Settings:
+    """Sizes and limits of one run (full or --quick)."""
+
+    events: int
+    concurrency: int
+    max_s: float  # per contender, from its first delivery
+    latencies_ms: tuple[int, ...] = (0, 20)
+    latency_rate: float = 1000.0
+    latency_s: float = 20.0
+    latency_warmup_s: float = 5.0
+    latency_contenders: tuple[str, ...] = ("relay1", "naive", "faststream64")
+    memory_backlogs: tuple[int, ...] = (10_000, 1_000_000)
+    memory_latency_ms: int = 50
+    memory_s: float = 30.0
+    rate_limit_per_s: float = 200.0
+    rate_sink_limit_per_s: float = 240.0
+    rate_s: float = 20.0
+    workers: int = 2
+    only: tuple[str, ...] = CONTENDERS
+    sink: str = "sandbox"
+
+
+@dataclass
+class Measured:
+    """What one contender did, as seen by the sinks and /proc."""
+
+    stats: SinkStats
+    cpu_s: float | None
+    peak_rss_bytes: int | None
+    completed: bool
+    error: str = ""
+
+    @property
+    def window_s(self) -> float:
+        """First to last accepted request."""
+        return max(0.0, self.stats.last_s - self.stats.first_s)
+
+    @property
+    def rate(self) -> float | None:
+        """Accepted requests per second over the window."""
+        n = self.stats.accepted
+        return (n - 1) / self.window_s if n > 1 and self.window_s > 0 else None
+
+
+@dataclass
+class Report:
+    """Everything measured so far, in order."""
+
+    sections: list[Section] = field(default_factory=list)
+
+    def add(self, section: Section) -> None:
+        """Add a section and print it at once (long runs show progress)."""
+        self.sections.append(section)
+        print("\n" + section.markdown(), flush=True)
+
+
+async def watch(
+    proc: Proc,
+    sinks: list[Sink],
+    expected: int,
+    max_s: float,
+    tree: bool = False,
+    startup_s: float = 60.0,
+    stop_when: Callable[[SinkStats, float], bool] | None = None,
+) -> Measured:
+    """Poll the sinks and the process until `expected` deliveries, the time limit or an exit.
+
+    CPU is the process's (tree's) user + system time from the last poll before the first
+    delivery to the end; peak RSS is VmHWM (summed over the tree).
+    """
+    started = time.monotonic()
+    first_seen: float | None = None
+    cpu_start: float | None = None
+    last: Usage | None = None
+    error = ""
+    while True:
+        stats = await total_stats(sinks)
+        now = time.monotonic()
+        usage = proc.usage(tree)
+        if usage is not None:
+            last = usage
+        if stats.accepted == 0:
+            if usage is not None:
+                cpu_start = usage.cpu_s
+            if now - started > startup_s:
+                error = f"no delivery within {startup_s:.0f}s"
+                break
+        else:
+            if first_seen is None:
+                first_seen = now
+            if stats.accepted >= expected:
+                break
+            if stop_when is not None and stop_when(stats, now - first_seen):
+                break
+            if now - first_seen > max_s:
+                break
+        if not proc.alive():
+            error = f"exited with {proc.popen.returncode}"
+            break
+        await asyncio.sleep(POLL_S)
+    cpu_s = last.cpu_s - cpu_start if last is not None and cpu_start is not None else None
+    return Measured(
+        stats, cpu_s, last.hwm_bytes if last else None, stats.accepted >= expected, error
+    )
+
+
+def to_row(
+    name: str,
+    kind: str,
+    measured: Measured,
+    expected: int,
+    events_total: int | None = None,
+    expected_events: int | None = None,
+) -> Row:
+    """A table row from a measurement; events/s is deliveries/s unless a fan-out is given."""
+    rate = measured.rate
+    row = Row(name, kind, deliveries=measured.stats.accepted, expected=expected)
+    row.deliveries_per_s = rate
+    if rate is not None:
+        if events_total and expected:
+            # Fan-out: each event is `expected / events_total` deliveries on average.
+            row.events_per_s = rate * events_total / expected
+        else:
+            row.events_per_s = rate
+    if measured.cpu_s is not None and measured.stats.accepted:
+        row.cpu_s_per_1k = measured.cpu_s / measured.stats.accepted * 1000
+    row.peak_rss_bytes = measured.peak_rss_bytes
+    notes = []
+    if not measured.completed:
+        notes.append(
+            f"stopped at the time limit ({measured.window_s:.0f}s)"
+            if not measured.error
+            else measured.error
+        )
+    if measured.stats.refused:
+        notes.append(f"{measured.stats.refused} refused by the sink: {measured.stats.refusals[:1]}")
+    non_ok = {k: v for k, v in measured.stats.statuses.items() if not k.startswith("2")}
+    if non_ok:
+        notes.append(f"statuses {non_ok}")
+    row.note = "; ".join(notes)
+    return row
+
+
+class Bench:
+    """One benchmark run: the broker, the work directory and the report."""
+
+    def __init__(
+        self, settings: Settings, broker: EmbeddedBroker, work: Path, session: aiohttp.ClientSession
+    ) -> None:
+        self.s = settings
+        self.broker = broker
+        self.work = work
+        self.session = session
+        self.report = Report()
+        self._n = 0
+
+    def name(self, what: str) -> str:
+        """A unique name for a topic, group or file."""
+        self._n += 1
+        return f"{what}-{self._n}-{uuid.uuid4().hex[:6]}"
+
+    async def backlog(self, count: int) -> tuple[str, list[bytes] | None]:
+        """A fresh topic holding `count` sample events; the lines too when they are few."""
+        topic = self.name("backlog")
+        await kafka.make_topic(self.broker.bootstrap, topic)
+        print(f"preloading {count:,} events into {topic} ...", flush=True)
+        started = time.monotonic()
+        keep = count <= 200_000
+        lines = list(sample_lines(count)) if keep else None
+        sent = await kafka.preload(
+            self.broker.bootstrap, topic, lines if lines is not None else sample_lines(count)
+        )
+        print(f"  {sent:,} events in {time.monotonic() - started:.1f}s", flush=True)
+        return topic, lines
+
+    # ---- sinks ---------------------------------------------------------------------------------
+
+    def sandbox(self, name: str, latency_ms: float = 0.0, **kwargs: Any) -> SandboxSink:
+        """Start the strict sandbox sink and wait until it listens."""
+        sink = SandboxSink(
+            self.name(name), self.work, self.session, latency_s=latency_ms / 1000, **kwargs
+        )
+        sink.wait_ready()
+        return sink
+
+    def sink(self, kind: str, latency_ms: float) -> Sink:
+        """The throughput sink: the sandbox, or nginx (latency 0 only)."""
+        if kind == "nginx":
+            sink = NginxSink(self.work)
+            sink.wait_ready()
+            return sink
+        return self.sandbox("sink", latency_ms)
+
+    # ---- contenders ----------------------------------------------------------------------------
+
+    async def run_http(
+        self,
+        name: str,
+        kind: str,
+        start: Callable[[Sink], Proc],
+        sink: Sink,
+        expected: int,
+        ready: Callable[[Proc], Awaitable[None]] | None = None,
+        tree: bool = False,
+        max_s: float | None = None,
+    ) -> tuple[Row, Measured]:
+        """Start a contender against a started sink, measure it, stop both."""
+        print(f"  {name} ...", flush=True)
+        proc = start(sink)
+        try:
+            if ready is not None:
+                await ready(proc)
+            measured = await watch(proc, [sink], expected, max_s or self.s.max_s, tree)
+        finally:
+            proc.stop(timeout_s=30)
+            sink.stop()
+        if measured.error:
+            measured.error += f" (log: {proc.log_path})"
+        row = to_row(name, kind, measured, expected)
+        print(
+            f"    {num(row.deliveries_per_s)} deliveries/s, "
+            f"{num(row.cpu_s_per_1k, 3)} CPU s/1k, {mib(row.peak_rss_bytes)} MiB "
+            f"{row.note}",
+            flush=True,
+        )
+        return row, measured
+
+    def kafka_ceiling(self, topic: str, events: int) -> Row:
+        """aiokafka consume + msgspec decode (self-timed; it exits when done)."""
+        print("  ceiling: aiokafka consume + msgspec decode ...", flush=True)
+        proc = python_module(
+            "kafka-ceiling",
+            "bench.ceilings.kafka_decode",
+            [
+                "--bootstrap",
+                self.broker.bootstrap,
+                "--topic",
+                topic,
+                "--group",
+                self.name("ceiling"),
+                "--events",
+                str(events),
+            ],
+            self.work / "kafka-ceiling.log",
+        )
+        try:
+            proc.popen.wait(max(120.0, self.s.max_s * 2))
+        finally:
+            proc.stop()
+        row = Row("ceiling: aiokafka consume + msgspec decode", "ceiling")
+        for line in proc.tail(100_000).splitlines():
+            if line.startswith("RESULT "):
+                data = json.loads(line[7:])
+                row.events_per_s = data["events_per_s"]
+                row.cpu_s_per_1k = data["cpu_us_per_event"] / 1000
+                row.peak_rss_bytes = data["peak_rss_bytes"]
+                row.note = f"{data['measured']:,} records; CPU per 1k records, not deliveries"
+                print(f"    {num(row.events_per_s)} events/s", flush=True)
+                return row
+        row.note = f"failed: {proc.tail(500)!r}"
+        return row
+
+    def client(self, events: int) -> Callable[[Sink], Proc]:
+        """The plain aiohttp client ceiling."""
+        return lambda sink: python_module(
+            "client",
+            "bench.ceilings.http_client",
+            [
+                "--url",
+                sink.base_url,
+                "--events",
+                str(events),
+                "--concurrency",
+                str(self.s.concurrency),
+            ],
+            self.work / f"{self.name('client')}.log",
+        )
+
+    def naive(self, topic: str) -> Callable[[Sink], Proc]:
+        """The naive relay baseline."""
+        return lambda sink: python_module(
+            "naive",
+            "bench.baselines.naive",
+            [
+                "--bootstrap",
+                self.broker.bootstrap,
+                "--topic",
+                topic,
+                "--group",
+                self.name("naive"),
+                "--url",
+                sink.base_url,
+            ],
+            self.work / f"{self.name('naive')}.log",
+        )
+
+    def faststream(self, topic: str, max_workers: int | None) -> Callable[[Sink], Proc]:
+        """The FastStream baseline (default, or with max_workers)."""
+        env = {"BENCH_BOOTSTRAP": self.broker.bootstrap, "BENCH_TOPIC": topic}
+        if max_workers:
+            env["BENCH_MAX_WORKERS"] = str(max_workers)
+
+        def start(sink: Sink) -> Proc:
+            return python_module(
+                "faststream",
+                "bench.baselines.faststream_relay",
+                [],
+                self.work / f"{self.name('faststream')}.log",
+                env={**env, "BENCH_GROUP": self.name("faststream"), "BENCH_URL": sink.base_url},
+            )
+
+        return start
+
+    def relay_proc(
+        self,
+        topic: str,
+        vendors: dict[str, dict[str, Any]],
+        name: str,
+        extra_args: list[str] | None = None,
+        **extra: Any,
+    ) -> relay.RelayProcess:
+        """A relay subprocess over `topic` with these vendors."""
+        config = relay.relay_config(
+            self.broker.bootstrap,
+            topic,
+            vendors,
+            relay.new_http_port(),
+            self.name("relay"),
+            **extra,
+        )
+        return relay.RelayProcess(self.name(name), config, self.work, extra_args)
+
+    def relay1(self, topic: str, **vendor_extra: Any) -> Callable[[Sink], Proc]:
+        """conversion-relay with one vendor pointed at the sink."""
+
+        def start(sink: Sink) -> Proc:
+            vendors = relay.single_vendor(sink.base_url, self.s.concurrency, **vendor_extra)
+            return self.relay_proc(topic, vendors, "relay1").proc
+
+        return start
+
+    async def relay5(self, topic: str, latency_ms: float, lines: list[bytes]) -> Row:
+        """conversion-relay with all five vendors, each to its own strict sandbox."""
+        print("  conversion-relay, 5 vendors ...", flush=True)
+        ports = {name: relay.new_http_port() for name in relay.FIVE_VENDORS}
+        vendors = {
+            name: relay.vendor_section(name, f"http://127.0.0.1:{port}", self.s.concurrency)
+            for name, port in ports.items()
+        }
+        proc = self.relay_proc(topic, vendors, "relay5")
+        from bench.workload import expected_deliveries
+
+        parsed = parse_config(relay.relay_config(self.broker.bootstrap, topic, vendors, 1, "x"))
+        per_vendor = expected_deliveries(lines, dict(parsed.vendors))
+        expected = sum(per_vendor.values())
+        sinks: list[Sink] = []
+        try:
+            for name, port in ports.items():
+                sinks.append(
+                    SandboxSink(
+                        name,
+                        self.work,
+                        self.session,
+                        latency_s=latency_ms / 1000,
+                        config_path=proc.config_path,
+                        vendor=name,
+                        port=port,
+                    )
+                )
+            for sink in sinks:
+                assert isinstance(sink, SandboxSink)
+                sink.wait_ready()
+            measured = await watch(proc.proc, sinks, expected, self.s.max_s)
+        finally:
+            proc.proc.stop(timeout_s=30)
+            for sink in sinks:
+                sink.stop()
+        row = to_row(
+            "conversion-relay, 5 vendors", "relay", measured, expected, events_total=len(lines)
+        )
+        row.note = "; ".join(
+            filter(
+                None,
+                [
+                    "deliveries per vendor "
+                    + ", ".join(f"{k} {v:,}" for k, v in per_vendor.items()),
+                    row.note,
+                ],
+            )
+        )
+        print(
+            f"    {num(row.deliveries_per_s)} deliveries/s, {num(row.events_per_s)} events/s "
+            f"{row.note}",
+            flush=True,
+        )
+        return row
+
+    # ---- scenarios -----------------------------------------------------------------------------
+
+    async def throughput(
+        self, sink_kind: str, latencies_ms: tuple[int, ...], topic: str, lines: list[bytes]
+    ) -> None:
+        """Every contender over the same backlog, per sink latency."""
+        n = len(lines)
+        only = self.s.only
+        for latency_ms in latencies_ms:
+            title = (
+                f"Throughput: {n:,}-event backlog, {sink_kind} sink, "
+                f"latency {latency_ms} ms, concurrency {self.s.concurrency}"
+            )
+            print(f"\n== {title}", flush=True)
+            rows: list[Row] = []
+            if "kafka" in only and latency_ms == latencies_ms[0] and sink_kind == "sandbox":
+                rows.append(self.kafka_ceiling(topic, n))
+            plan: list[tuple[str, str, Callable[[Sink], Proc]]] = []
+            if "client" in only:
+                plan.append(
+                    (
+                        f"ceiling: aiohttp client (concurrency {self.s.concurrency}, no Kafka)",
+                        "ceiling",
+                        self.client(n),
+                    )
+                )
+            if "naive" in only:
+                plan.append(("naive relay", "baseline", self.naive(topic)))
+            if "faststream" in only:
+                plan.append(("FastStream, default", "baseline", self.faststream(topic, None)))
+            if "faststream64" in only:
+                plan.append(
+                    (
+                        f"FastStream, max_workers={self.s.concurrency}",
+                        "baseline",
+                        self.faststream(topic, self.s.concurrency),
+                    )
+                )
+            if "relay1" in only:
+                plan.append(("conversion-relay, 1 vendor", "relay", self.relay1(topic)))
+            for name, kind, start in plan:
+                row, _ = await self.run_http(name, kind, start, self.sink(sink_kind, latency_ms), n)
+                rows.append(row)
+            if "relay5" in only and sink_kind == "sandbox":
+                rows.append(await self.relay5(topic, latency_ms, lines))
+            notes = [
+                f"each contender stops at {self.s.max_s:.0f}s after its first delivery "
+                "(rates are over the part it did)"
+            ]
+            self.report.add(throughput_section(title, rows, notes))
+
+    async def latency(self) -> None:
+        """A steady producer; Kafka record timestamp → sink receipt, per contender."""
+        s = self.s
+        rows = []
+        plan = [
+            (name, key)
+            for name, key in (
+                ("conversion-relay, 1 vendor", "relay1"),
+                ("naive relay", "naive"),
+                (f"FastStream, max_workers={s.concurrency}", "faststream64"),
+            )
+            if key in s.latency_contenders
+        ]
+        print(f"\n== Latency at {s.latency_rate:.0f} events/s", flush=True)
+        for name, key in plan:
+            print(f"  {name} ...", flush=True)
+            topic = self.name("steady")
+            await kafka.make_topic(self.broker.bootstrap, topic)
+            sink = self.sandbox("latency-sink", 0, latency_samples=True)
+            starters: dict[str, Callable[[Sink], Proc]] = {
+                "relay1": self.relay1(topic),
+                "naive": self.naive(topic),
+                "faststream64": self.faststream(topic, s.concurrency),
+            }
+            proc = starters[key](sink)
+            try:
+                await asyncio.sleep(3.0)  # join the group before the first event
+                duration_s = s.latency_warmup_s + s.latency_s
+                started = time.time()
+                sent = await kafka.steady(self.broker.bootstrap, topic, s.latency_rate, duration_s)
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline:
+                    if (await sink.stats()).accepted >= sent:
+                        break
+                    await asyncio.sleep(POLL_S)
+                samples = await sink.samples()
+                stats = await sink.stats()
+            finally:
+                proc.stop(timeout_s=30)
+                sink.stop()
+            cutoff = started + s.latency_warmup_s
+            # A sample's record timestamp is its receipt time minus its latency.
+            kept = sorted(
+                lat * 1000
+                for lat, at in zip(samples["latencies_s"], samples["receipts_s"], strict=True)
+                if at - lat >= cutoff
+            )
+            rows.append(
+                [
+                    name,
+                    f"{len(kept):,} / {sent:,}",
+                    *(num(percentile(kept, q), 1) for q in (50, 95, 99)),
+                    num(max(kept, default=None), 1),
+                    f"{stats.accepted:,} of {sent:,} delivered",
+                ]
+            )
+        self.report.add(
+            Section(
+                f"Latency: {s.latency_rate:.0f} events/s for {s.latency_s:.0f}s "
+                f"(after {s.latency_warmup_s:.0f}s warm-up), sandbox sink 0 ms",
+                ["contender", "samples", "p50 ms", "p95 ms", "p99 ms", "max ms", "notes"],
+                rows,
+                [
+                    "from the Kafka record timestamp (set by the producer at send, = the event's "
+                    "occurred_at) to the sink's receipt"
+                ],
+            )
+        )
+
+    async def memory(self) -> None:
+        """Peak RSS of the relay over a small and a huge backlog, vendor slow."""
+        s = self.s
+        rows = []
+        peaks: list[int] = []
+        print(f"\n== Memory, sink latency {s.memory_latency_ms} ms", flush=True)
+        for backlog in s.memory_backlogs:
+            topic, _ = await self.backlog(backlog)
+            row, measured = await self.run_http(
+                f"conversion-relay, 1 vendor, backlog {backlog:,}",
+                "relay",
+                self.relay1(topic),
+                self.sandbox("memory-sink", s.memory_latency_ms),
+                backlog,
+                max_s=s.memory_s,
+            )
+            if measured.peak_rss_bytes:
+                peaks.append(measured.peak_rss_bytes)
+            rows.append(
+                [
+                    f"{backlog:,}",
+                    mib(row.peak_rss_bytes),
+                    f"{row.deliveries:,}",
+                    num(row.deliveries_per_s),
+                    f"{measured.window_s:.0f}",
+                    row.note,
+                ]
+            )
+        notes = [
+            "each run stops after its backlog or "
+            f"{s.memory_s:.0f}s of deliveries, whichever is first; peak RSS is the "
+            "relay process's VmHWM"
+        ]
+        if len(peaks) == 2:
+            notes.append(f"largest / smallest backlog peak RSS: {peaks[1] / peaks[0]:.2f}×")
+        self.report.add(
+            Section(
+                f"Memory: peak RSS while the vendor is slow ({s.memory_latency_ms} ms, "
+                f"concurrency {s.concurrency})",
+                ["backlog", "peak RSS MiB", "deliveries", "deliveries/s", "seconds", "notes"],
+                rows,
+                notes,
+            )
+        )
+
+    async def ratelimit(self) -> None:
+        """A configured 200/s against a sink that answers 429 above 240/s."""
+        s = self.s
+        title = (
+            f"Rate-limit accuracy: rate_limit per_s {s.rate_limit_per_s:.0f} for "
+            f"{s.rate_s:.0f}s, sink limited at {s.rate_sink_limit_per_s:.0f}/s"
+        )
+        print(f"\n== {title}", flush=True)
+        limit = {"rate_limit": {"per_s": s.rate_limit_per_s}}
+        probe = relay.relay_config(
+            self.broker.bootstrap,
+            "probe",
+            relay.single_vendor("http://127.0.0.1:9", 8, **limit),
+            relay.new_http_port(),
+            "probe",
+        )
+        ok, message = relay.check_config(relay.write_config(self.work / "probe.yaml", probe))
+        if not ok:
+            self.report.add(
+                Section(
+                    title,
+                    ["result"],
+                    [
+                        [
+                            "not available: the relay's config does not accept "
+                            f"`vendors.{VENDOR}.rate_limit` yet ({message.splitlines()[0]})"
+                        ]
+                    ],
+                )
+            )
+            return
+        count = int(s.rate_limit_per_s * (s.rate_s + 15))
+        topic, _ = await self.backlog(count)
+        sink = self.sandbox("rate-sink", 0, rate_limit_per_s=s.rate_sink_limit_per_s)
+        proc = self.relay1(topic, **limit)(sink)
+        try:
+            measured = await watch(
+                proc, [sink], count, s.max_s, stop_when=lambda _, elapsed: elapsed > s.rate_s + 1
+            )
+            samples = await sink.samples()
+            stats = await sink.stats()
+        finally:
+            proc.stop(timeout_s=30)
+            sink.stop()
+        first = stats.first_s
+        in_window = sum(1 for at in samples["receipts_s"] if first <= at < first + s.rate_s)
+        rate = in_window / s.rate_s
+        error_pct = (rate - s.rate_limit_per_s) / s.rate_limit_per_s * 100
+        self.report.add(
+            Section(
+                title,
+                ["configured /s", "delivered /s", "error", "429s from the sink", "notes"],
+                [
+                    [
+                        num(s.rate_limit_per_s),
+                        num(rate, 1),
+                        f"{error_pct:+.1f} %",
+                        str(stats.statuses.get("429", 0)),
+                        measured.error or f"{in_window:,} deliveries in the first {s.rate_s:.0f}s",
+                    ]
+                ],
+            )
+        )
+
+    async def workers(self, topic: str, lines: list[bytes]) -> None:
+        """The relay with 1 and N worker processes (same consumer groups)."""
+        s = self.s
+        sink_kind = "nginx" if nginx_binary() else "sandbox"
+        title = (
+            f"Workers: conversion-relay, 1 vendor, 1 vs {s.workers} processes, "
+            f"{len(lines):,}-event backlog, {sink_kind} sink 0 ms"
+        )
+        print(f"\n== {title}", flush=True)
+        how = self.workers_support()
+        if how is None:
+            self.report.add(
+                Section(
+                    title,
+                    ["result"],
+                    [
+                        [
+                            "not available: neither `run --workers N` nor a `workers` setting "
+                            "is accepted by the relay yet"
+                        ]
+                    ],
+                )
+            )
+            return
+        rows = []
+        for count in (1, s.workers):
+            args: list[str] = []
+            extra: dict[str, Any] = {}
+            if how == "--workers":
+                args = ["--workers", str(count)]
+            elif how == "workers":
+                extra = {"workers": count}
+            else:
+                extra = {"pipeline": {"workers": count}}
+
+            def start(sink: Sink, args: list[str] = args, extra: dict[str, Any] = extra) -> Proc:
+                vendors = relay.single_vendor(sink.base_url, s.concurrency)
+                return self.relay_proc(topic, vendors, "workers", args, **extra).proc
+
+            row, _ = await self.run_http(
+                f"conversion-relay, {count} worker(s)",
+                "relay",
+                start,
+                self.sink(sink_kind, 0),
+                len(lines),
+                tree=True,
+            )
+            rows.append(row)
+        section = throughput_section(
+            title, rows, [f"workers set with {how}; CPU and peak RSS summed over the process tree"]
+        )
+        if len(rows) == 2 and rows[0].deliveries_per_s and rows[1].deliveries_per_s:
+            section.notes.append(
+                f"{s.workers} workers / 1 worker: "
+                f"{rows[1].deliveries_per_s / rows[0].deliveries_per_s:.2f}×"
+            )
+        self.report.add(section)
+
+    def workers_support(self) -> str | None:
+        """How the relay takes a worker count: '--workers', 'workers', 'pipeline.workers'."""
+        if "--workers" in relay.run_help():
+            return "--workers"
+        for key, extra in (
+            ("workers", {"workers": 2}),
+            ("pipeline.workers", {"pipeline": {"workers": 2}}),
+        ):
+            probe = relay.relay_config(
+                self.broker.bootstrap,
+                "probe",
+                relay.single_vendor("http://127.0.0.1:9", 8),
+                relay.new_http_port(),
+                "probe",
+                **extra,
+            )
+            ok, _ = relay.check_config(relay.write_config(self.work / "probe.yaml", probe))
+            if ok:
+                return key
+        return None
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """The q-th percentile (nearest rank) of sorted values."""
+    if not sorted_values:
+        return None
+    rank = max(1, round(q / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+async def run(settings: Settings, scenarios: list[str]) -> str:
+    """Run the scenarios and write the report."""
+    load_before = os.getloadavg()
+    work = Path(tempfile.mkdtemp(prefix="conversion-relay-bench-"))
+    print(f"logs and configs: {work}", flush=True)
+    broker = EmbeddedBroker(log_path=work / "broker.log")
+    broker.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            bench = Bench(settings, broker, work, session)
+            shared: tuple[str, list[bytes] | None] | None = None
+            if {"throughput", "nginx", "workers"} & set(scenarios):
+                shared = await bench.backlog(settings.events)
+            if "throughput" in scenarios and shared is not None and shared[1] is not None:
+                await bench.throughput(settings.sink, settings.latencies_ms, shared[0], shared[1])
+            if "nginx" in scenarios and shared is not None and shared[1] is not None:
+                if nginx_binary() is None:
+                    print(
+                        "nginx is not installed (bench/setup.sh): skipping the nginx sink",
+                        flush=True,
+                    )
+                else:
+                    await bench.throughput("nginx", (0,), shared[0], shared[1])
+            if "latency" in scenarios:
+                await bench.latency()
+            if "memory" in scenarios:
+                await bench.memory()
+            if "ratelimit" in scenarios:
+                await bench.ratelimit()
+            if "workers" in scenarios and shared is not None and shared[1] is not None:
+                await bench.workers(shared[0], shared[1])
+    finally:
+        stop_all()
+        broker.stop()
+    text = "\n".join(
+        [
+            "# conversion-relay benchmark results",
+            "",
+            "Produced by `python -m bench.run` (bench/README.md explains every figure).",
+            "",
+            *machine(load_before),
+            f"- command: `python -m bench.run {' '.join(sys.argv[1:])}`",
+            "",
+            *(section.markdown() for section in bench.report.sections),
+        ]
+    )
+    return text
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path | None]:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--events", type=int, help="backlog size (default 50,000; quick 2,000)")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=SCENARIOS,
+        help="run only this scenario (repeatable; default: all)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=CONTENDERS,
+        help="run only this contender in the throughput tables (repeatable)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a small smoke run (< 2 minutes); writes no RESULTS.md"
+    )
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        help="per contender, from its first delivery (default 120; quick 15)",
+    )
+    parser.add_argument(
+        "--memory-backlog",
+        type=int,
+        action="append",
+        help="backlog sizes of the memory scenario (default 10,000 and 1,000,000)",
+    )
+    parser.add_argument(
+        "--sink-latency-ms",
+        type=int,
+        action="append",
+        help="sink latencies of the throughput scenario (default 0 and 20)",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="the worker count to compare")
+    parser.add_argument(
+        "--sink",
+        choices=("sandbox", "nginx"),
+        default="sandbox",
+        help="sink of the throughput scenario (nginx: latency 0 only)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="write the Markdown report here (default bench/RESULTS.md, none with --quick)",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        settings = Settings(
+            events=args.events or 2_000,
+            concurrency=args.concurrency,
+            max_s=args.max_seconds or 8.0,
+            latency_s=5.0,
+            latency_warmup_s=2.0,
+            latency_contenders=("relay1",),
+            memory_backlogs=tuple(args.memory_backlog or (2_000, 20_000)),
+            memory_s=5.0,
+            rate_s=5.0,
+        )
+        output = args.output
+    else:
+        settings = Settings(
+            events=args.events or 50_000,
+            concurrency=args.concurrency,
+            max_s=args.max_seconds or 120.0,
+            memory_backlogs=tuple(args.memory_backlog or (10_000, 1_000_000)),
+        )
+        output = args.output or RESULTS
+    settings.workers = args.workers
+    settings.sink = args.sink
+    if args.sink_latency_ms:
+        settings.latencies_ms = tuple(args.sink_latency_ms)
+    if args.sink == "nginx":
+        settings.latencies_ms = (0,)
+    if args.only:
+        settings.only = tuple(args.only)
+    settings.memory_s = min(settings.memory_s, settings.max_s)
+    scenarios = args.scenario or list(SCENARIOS)
+    if args.quick and not args.scenario:
+        scenarios = [s for s in SCENARIOS if s != "nginx"]
+    return settings, scenarios, output
+
+
+def main() -> None:
+    """Entry point: run, and stop every process started, whatever happens."""
+    settings, scenarios, output = parse_args()
+    install_signal_handlers()
+    try:
+        text = asyncio.run(run(settings, scenarios))
+        print("\n" + text, flush=True)
+        if output is not None:
+            output.write_text(text)
+            print(f"\nwritten to {output}", flush=True)
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopped every process the benchmark started", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        stop_all()
+
+
+if __name__ == "__main__":
+    main()

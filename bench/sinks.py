@@ -1,0 +1,200 @@
+"""The harness's side of the sinks: start one (the strict sandbox, or nginx), read what it received.
+
+Both count at the sink, so every contender is measured the same way: deliveries are requests the
+sink accepted, and the rate is accepted requests over the time from the first to the last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+
+from bench.procs import Proc, python_module, wait_port
+from service.embedded import free_port
+
+NGINX_CONF = Path(__file__).with_name("nginx.conf")
+
+
+@dataclass
+class SinkStats:
+    """What a sink received so far."""
+
+    accepted: int = 0
+    refused: int = 0
+    first_s: float = 0.0  # epoch seconds of the first accepted request
+    last_s: float = 0.0
+    statuses: dict[str, int] = field(default_factory=dict)
+    refusals: list[str] = field(default_factory=list)
+
+
+class Sink(Protocol):
+    """A started sink."""
+
+    name: str
+    base_url: str
+    proc: Proc
+
+    async def stats(self) -> SinkStats:
+        """Counts so far."""
+        ...
+
+    async def samples(self) -> dict[str, list[float]]:
+        """Receipt times (and latencies, where recorded)."""
+        ...
+
+    def stop(self) -> None:
+        """Stop it."""
+        ...
+
+
+class SandboxSink:
+    """`python -m bench.sink`: the relay's strict sandbox for one vendor, in its own process."""
+
+    def __init__(
+        self,
+        name: str,
+        log_dir: Path,
+        session: aiohttp.ClientSession,
+        *,
+        latency_s: float = 0.0,
+        rate_limit_per_s: float | None = None,
+        config_path: Path | None = None,
+        vendor: str | None = None,
+        port: int | None = None,
+        latency_samples: bool = False,
+    ) -> None:
+        self.name = name
+        self.port = port or free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._session = session
+        args = ["--port", str(self.port), "--latency-s", str(latency_s)]
+        if rate_limit_per_s is not None:
+            args += ["--rate-limit-per-s", str(rate_limit_per_s)]
+        if config_path is not None and vendor is not None:
+            args += ["--config", str(config_path), "--vendor", vendor]
+        if latency_samples:
+            args.append("--latency-samples")
+        self.proc = python_module(f"sink {name}", "bench.sink", args, log_dir / f"sink-{name}.log")
+
+    def wait_ready(self) -> None:
+        """Wait until it listens."""
+        wait_port(self.port, 30, self.proc)
+
+    async def _get(self, path: str) -> Any:
+        async with self._session.get(self.base_url + path) as resp:
+            resp.raise_for_status()
+            return await resp.json()
+
+    async def stats(self) -> SinkStats:
+        """Counts so far."""
+        data = await self._get("/_bench/stats")
+        return SinkStats(
+            data["accepted"],
+            data["refused"],
+            data["first_s"],
+            data["last_s"],
+            data["statuses"],
+            data["refusals"],
+        )
+
+    async def samples(self) -> dict[str, list[float]]:
+        """Receipt times and latencies."""
+        result: dict[str, list[float]] = await self._get("/_bench/samples")
+        return result
+
+    def stop(self) -> None:
+        """Stop the process."""
+        self.proc.stop(timeout_s=5)
+
+
+def nginx_binary() -> str | None:
+    """nginx's path, or None when it is not installed (bench/setup.sh installs nginx-light)."""
+    return shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+
+
+class NginxSink:
+    """nginx answering the goal-reach path with 200 (`return 200;`), counted by its access log."""
+
+    def __init__(self, log_dir: Path) -> None:
+        binary = nginx_binary()
+        if binary is None:
+            raise RuntimeError("nginx is not installed (run bench/setup.sh)")
+        self.name = "nginx"
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._prefix = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
+        conf = NGINX_CONF.read_text().replace("__PREFIX__", str(self._prefix))
+        conf = conf.replace("__PORT__", str(self.port))
+        conf_path = self._prefix / "nginx.conf"
+        conf_path.write_text(conf)
+        self._access = self._prefix / "access.log"
+        self._offset = 0
+        self._partial = b""
+        self._stats = SinkStats()
+        self._receipts: list[float] = []
+        self.proc = Proc(
+            "nginx", [binary, "-p", str(self._prefix), "-c", str(conf_path)], log_dir / "nginx.log"
+        )
+
+    def wait_ready(self) -> None:
+        """Wait until it listens."""
+        wait_port(self.port, 15, self.proc)
+
+    def _read_log(self) -> None:
+        try:
+            with self._access.open("rb") as handle:
+                handle.seek(self._offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            return
+        self._offset += len(chunk)
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        stats = self._stats
+        for line in lines:
+            at_s = float(line)
+            self._receipts.append(at_s)
+            if not stats.first_s:
+                stats.first_s = at_s
+            stats.last_s = max(stats.last_s, at_s)
+        stats.accepted += len(lines)
+        stats.statuses["200"] = stats.accepted
+
+    async def stats(self) -> SinkStats:
+        """Counts so far (the access log holds one line per answered goal-reach request)."""
+        self._read_log()
+        return self._stats
+
+    async def samples(self) -> dict[str, list[float]]:
+        """Receipt times (millisecond resolution)."""
+        self._read_log()
+        return {"receipts_s": list(self._receipts), "latencies_s": []}
+
+    def stop(self) -> None:
+        """Stop nginx and remove its prefix directory."""
+        self.proc.stop(timeout_s=5)
+        shutil.rmtree(self._prefix, ignore_errors=True)
+
+
+async def total_stats(sinks: list[Sink]) -> SinkStats:
+    """The sum over several sinks (first = earliest first, last = latest last)."""
+    parts = await asyncio.gather(*(s.stats() for s in sinks))
+    total = SinkStats()
+    for part in parts:
+        total.accepted += part.accepted
+        total.refused += part.refused
+        if part.first_s and (not total.first_s or part.first_s < total.first_s):
+            total.first_s = part.first_s
+        total.last_s = max(total.last_s, part.last_s)
+        for code, count in part.statuses.items():
+            total.statuses[code] = total.statuses.get(code, 0) + count
+        total.refusals.extend(part.refusals)
+    return total
