@@ -34,12 +34,14 @@ _RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 class Relay:
     """Every vendor pipeline of one process, their shared DLQ producer and the HTTP server."""
 
-    def __init__(self, config: Config, vendors: list[str] | None = None,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, config: Config, vendors: list[str] | None = None, metrics: Metrics | None = None
+    ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
-        self.metrics.build_info.info({
-            "version": __version__, "git_sha": os.environ.get("GIT_SHA", "unknown")})
+        self.metrics.build_info.info(
+            {"version": __version__, "git_sha": os.environ.get("GIT_SHA", "unknown")}
+        )
         enabled = config.enabled_vendors()
         unknown = sorted(set(vendors or ()) - set(enabled))
         if unknown:
@@ -121,7 +123,10 @@ class Relay:
             return
 
     def make_pipeline(
-        self, name: str, topics: list[str] | None = None, group: str | None = None,
+        self,
+        name: str,
+        topics: list[str] | None = None,
+        group: str | None = None,
         accept: Callable[[Any], str | None] | None = None,
     ) -> VendorPipeline:
         """A vendor's pipeline: live topics and group by default, or replay's DLQ and group."""
@@ -130,15 +135,25 @@ class Relay:
         if session is None:
             session = self._sessions[name] = new_session(vendor)
         assert self._limiter is not None, "start_shared() first"
-        sender = Sender(name, make_adapter(name, vendor), session, vendor, self.metrics,
-                        self._limiter)
+        sender = Sender(
+            name, make_adapter(name, vendor), session, vendor, self.metrics, self._limiter
+        )
         kafka = self.config.kafka
         group = group or f"{kafka.group_prefix}.{name}"
         consumer = AIOKafkaConsumer(**consumer_kwargs(kafka, group))
         assert self._dlq is not None
-        return VendorPipeline(name, vendor, sender, self._dlq, consumer,
-                              topics or list(kafka.topics), self.config.pipeline, self.metrics,
-                              accept=accept, dedup=self._dedup)
+        return VendorPipeline(
+            name,
+            vendor,
+            sender,
+            self._dlq,
+            consumer,
+            topics or list(kafka.topics),
+            self.config.pipeline,
+            self.metrics,
+            accept=accept,
+            dedup=self._dedup,
+        )
 
     async def start_shared(self) -> None:
         """The parts every pipeline shares: DLQ producer, rate limiter, dedup store (and Redis)."""
@@ -146,13 +161,15 @@ class Relay:
         limits = {name: vendor.rate_limit for name, vendor in config.vendors.items()}
         if config.redis is not None:
             self._redis = redis_client(config.redis)
-            self._limiter = RedisRateLimiter.from_config(self._redis, limits, config.redis,
-                                                         self.metrics)
+            self._limiter = RedisRateLimiter.from_config(
+                self._redis, limits, config.redis, self.metrics
+            )
             log.info("rate limits and Retry-After pauses shared through Redis")
         else:
             self._limiter = LocalRateLimiter(limits, metrics=self.metrics)
-        self._dedup = make_dedup_store(config.dedup, self._redis,
-                                       config.redis.key_prefix if config.redis else "")
+        self._dedup = make_dedup_store(
+            config.dedup, self._redis, config.redis.key_prefix if config.redis else ""
+        )
         await self._start_producer()
 
     async def close(self) -> None:
@@ -177,12 +194,17 @@ class Relay:
                 delay_s = _RESTART_BACKOFF_S[min(failures, len(_RESTART_BACKOFF_S) - 1)]
                 failures += 1
                 pipeline.last_error = repr(exc)[:300]
-                log.warning("pipeline failed (%r); restarting in %.1fs", exc, delay_s,
-                            extra={"vendor": name})
+                log.warning(
+                    "pipeline failed (%r); restarting in %.1fs",
+                    exc,
+                    delay_s,
+                    extra={"vendor": name},
+                )
                 await asyncio.sleep(delay_s)
 
-    async def run(self, install_signals: bool = True,
-                  on_ready: Callable[[Relay], None] | None = None) -> int:
+    async def run(
+        self, install_signals: bool = True, on_ready: Callable[[Relay], None] | None = None
+    ) -> int:
         """Run until stopped; returns the process exit code."""
         if install_signals:
             loop = asyncio.get_running_loop()
@@ -206,8 +228,7 @@ class Relay:
         return 0
 
 
-REPLAY_OUTCOMES = ("delivered", "rejected", "dead_lettered", "expired", "skipped",
-                   "deduplicated")
+REPLAY_OUTCOMES = ("delivered", "rejected", "dead_lettered", "expired", "skipped", "deduplicated")
 
 
 class Replay:
@@ -223,12 +244,19 @@ class Replay:
         """Outcomes so far, from the relay's own metrics."""
         sample = self.relay.metrics.registry.get_sample_value
         counts = {
-            o: int(sample("conversion_relay_deliveries_total",
-                          {"vendor": self.vendor, "outcome": o}) or 0)
+            o: int(
+                sample("conversion_relay_deliveries_total", {"vendor": self.vendor, "outcome": o})
+                or 0
+            )
             for o in REPLAY_OUTCOMES
         }
-        counts["filtered"] = int(sample("conversion_relay_skipped_total",
-                                        {"vendor": self.vendor, "reason": "replay_filtered"}) or 0)
+        counts["filtered"] = int(
+            sample(
+                "conversion_relay_skipped_total",
+                {"vendor": self.vendor, "reason": "replay_filtered"},
+            )
+            or 0
+        )
         return counts
 
     def stop(self) -> None:
@@ -241,7 +269,8 @@ class Replay:
         ends = await end_offsets(config.kafka, config.dlq.topic)
         await self.relay.start_shared()
         pipeline = self.relay.make_pipeline(
-            self.vendor, topics=[config.dlq.topic],
+            self.vendor,
+            topics=[config.dlq.topic],
             group=f"{config.kafka.group_prefix}.replay.{self.vendor}",
             accept=record_filter(self.letters),
         )

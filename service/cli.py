@@ -90,7 +90,8 @@ def _letter_filter(args: argparse.Namespace) -> Any:
     from service.delivery.replay import LetterFilter, parse_time
 
     return LetterFilter(
-        vendor=args.vendor, reason=args.reason,
+        vendor=args.vendor,
+        reason=args.reason,
         since=parse_time(args.since) if args.since else None,
         until=parse_time(args.until) if args.until else None,
     )
@@ -106,13 +107,25 @@ def cmd_dlq_inspect(args: argparse.Namespace) -> int:
 
     config = load_config(_config_path(args))
     letters = _letter_filter(args)
-    found = [i for i in _run_async_value(read_letters(config.kafka, config.dlq.topic))
-             if letters.matches(i)]
+    found = [
+        i
+        for i in _run_async_value(read_letters(config.kafka, config.dlq.topic))
+        if letters.matches(i)
+    ]
     if args.list:
-        rows = [{"vendor": i.vendor, "reason": i.reason, "status": i.http_status,
-                 "attempts": i.attempts, "failed_at": i.failed_at.isoformat() if i.failed_at
-                 else None, "source": i.source, "error": i.error,
-                 "dlq": f"{i.dlq_partition}:{i.dlq_offset}"} for i in found]
+        rows = [
+            {
+                "vendor": i.vendor,
+                "reason": i.reason,
+                "status": i.http_status,
+                "attempts": i.attempts,
+                "failed_at": i.failed_at.isoformat() if i.failed_at else None,
+                "source": i.source,
+                "error": i.error,
+                "dlq": f"{i.dlq_partition}:{i.dlq_offset}",
+            }
+            for i in found
+        ]
     else:
         rows = aggregate(found, args.by.split(","))
     if args.json:
@@ -139,13 +152,18 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     _setup_logging("error")
     letters = _letter_filter(args)
     console = Console()
-    matching = [i for i in _run_async_value(read_letters(config.kafka, config.dlq.topic))
-                if letters.matches(i)]
+    matching = [
+        i
+        for i in _run_async_value(read_letters(config.kafka, config.dlq.topic))
+        if letters.matches(i)
+    ]
     console.print(f"{len(matching)} dead letters match for vendor {args.vendor}")
     if args.dry_run:
         for info in matching[:50]:
-            console.print(f"  {info.source} {info.reason} {info.http_status or '-'} "
-                          f"attempts={info.attempts} {info.error[:80]}")
+            console.print(
+                f"  {info.source} {info.reason} {info.http_status or '-'} "
+                f"attempts={info.attempts} {info.error[:80]}"
+            )
         return 0
     replay = Replay(config, args.vendor, letters)
 
@@ -155,8 +173,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
             task = asyncio.create_task(replay.run())
             while not task.done():
                 counts = replay.counts()
-                progress.update(bar, completed=sum(
-                    v for k, v in counts.items() if k != "filtered"))
+                progress.update(bar, completed=sum(v for k, v in counts.items() if k != "filtered"))
                 await asyncio.sleep(0.2)
             return task.result()
 
@@ -185,8 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the relay")
     run.add_argument("--config", help="YAML config file (default: $RELAY_CONFIG)")
-    run.add_argument("--vendor", action="append",
-                     help="run only this vendor's pipeline (repeatable)")
+    run.add_argument(
+        "--vendor", action="append", help="run only this vendor's pipeline (repeatable)"
+    )
     run.add_argument("--log-level", default=os.environ.get("RELAY_LOG_LEVEL", "info"))
     run.set_defaults(func=cmd_run)
 
@@ -213,13 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--until", help="ISO time or a duration ago")
         cmd.set_defaults(func=func)
     dlq_sub.choices["inspect"].add_argument(
-        "--by", default="vendor,reason,status",
-        help="aggregate by these comma-separated fields: vendor, reason, status, hour, day")
-    dlq_sub.choices["inspect"].add_argument("--list", action="store_true",
-                                            help="one row per letter instead of counts")
+        "--by",
+        default="vendor,reason,status",
+        help="aggregate by these comma-separated fields: vendor, reason, status, hour, day",
+    )
+    dlq_sub.choices["inspect"].add_argument(
+        "--list", action="store_true", help="one row per letter instead of counts"
+    )
     dlq_sub.choices["inspect"].add_argument("--json", action="store_true")
-    dlq_sub.choices["replay"].add_argument("--dry-run", action="store_true",
-                                           help="show what would be replayed, send nothing")
+    dlq_sub.choices["replay"].add_argument(
+        "--dry-run", action="store_true", help="show what would be replayed, send nothing"
+    )
 
     check = sub.add_parser("check-config", help="validate a config file and summarise it")
     check.add_argument("file")

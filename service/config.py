@@ -101,8 +101,10 @@ class Config(Strict, frozen=True):
 def _resolve_env(node: Any, path: str, env: Mapping[str, str], problems: list[str]) -> Any:
     """Replace `${VAR}` / `${VAR:-default}` in every string, noting each missing variable."""
     if isinstance(node, dict):
-        return {k: _resolve_env(v, f"{path}.{k}" if path else str(k), env, problems)
-                for k, v in node.items()}
+        return {
+            k: _resolve_env(v, f"{path}.{k}" if path else str(k), env, problems)
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_resolve_env(v, f"{path}[{i}]", env, problems) for i, v in enumerate(node)]
     if not isinstance(node, str):
@@ -245,8 +247,9 @@ def redacted(config: Config) -> dict[str, Any]:
 
     def walk(node: Any) -> Any:
         if isinstance(node, dict):
-            return {k: "***" if _SECRET_KEYS.search(str(k)) and v else walk(v)
-                    for k, v in node.items()}
+            return {
+                k: "***" if _SECRET_KEYS.search(str(k)) and v else walk(v) for k, v in node.items()
+            }
         if isinstance(node, list):
             return [walk(v) for v in node]
         return node

@@ -70,8 +70,12 @@ def _samples(metric: Metric, vendor: str) -> dict[str, float]:
 
 
 def _view(relay: Relay) -> Table:
-    table = Table(title="conversion-relay dev — per vendor", caption=(
-        "in: consumed · ok: delivered · dead: dead-lettered after retries · dlq: DLQ writes"))
+    table = Table(
+        title="conversion-relay dev — per vendor",
+        caption=(
+            "in: consumed · ok: delivered · dead: dead-lettered after retries · dlq: DLQ writes"
+        ),
+    )
     table.add_column("vendor", no_wrap=True)
     for column in ("in", "ok", "skip", "retry", "rejected", "dead", "dlq", "inflight", "lag"):
         table.add_column(column, justify="right")
@@ -83,10 +87,15 @@ def _view(relay: Relay) -> Table:
         dlq = sum(_samples(metrics[prefix + "dlq_writes"], name).values())
         pipeline = relay.pipelines.get(name)
         table.add_row(
-            name, f"{consumed:.0f}", f"{outcomes.get('delivered', 0):.0f}",
-            f"{outcomes.get('skipped', 0):.0f}", f"{outcomes.get('retried', 0):.0f}",
-            f"{outcomes.get('rejected', 0):.0f}", f"{outcomes.get('dead_lettered', 0):.0f}",
-            f"{dlq:.0f}", str(pipeline.in_flight if pipeline else 0),
+            name,
+            f"{consumed:.0f}",
+            f"{outcomes.get('delivered', 0):.0f}",
+            f"{outcomes.get('skipped', 0):.0f}",
+            f"{outcomes.get('retried', 0):.0f}",
+            f"{outcomes.get('rejected', 0):.0f}",
+            f"{outcomes.get('dead_lettered', 0):.0f}",
+            f"{dlq:.0f}",
+            str(pipeline.in_flight if pipeline else 0),
             str(pipeline.lag() if pipeline else 0),
         )
     return table
@@ -104,22 +113,29 @@ async def run_dev(events_per_s: float = 20.0, http_port: int = 8080) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         ports = {name: free_port() for name in _dev_vendors()}
-        config = dev_config(broker.bootstrap, http_port or free_port(),
-                            {name: f"http://127.0.0.1:{port}" for name, port in ports.items()})
+        config = dev_config(
+            broker.bootstrap,
+            http_port or free_port(),
+            {name: f"http://127.0.0.1:{port}" for name, port in ports.items()},
+        )
         for name, vendor in config.vendors.items():
             # Pinned to the vendor's config: the sandbox checks its credentials and account too.
             sandbox = Sandbox(contract_for(protocol_tag(vendor), vendor), port=ports[name])
             sandboxes[name] = sandbox
             await sandbox.start()
-        await create_topics(broker.bootstrap, {t: 4 for t in config.kafka.topics}
-                            | {config.dlq.topic: 1})
+        await create_topics(
+            broker.bootstrap, {t: 4 for t in config.kafka.topics} | {config.dlq.topic: 1}
+        )
         relay = Relay(config)
         relay_task = asyncio.create_task(relay.run(install_signals=False))
         traffic = asyncio.create_task(
-            _traffic(broker.bootstrap, config.kafka.topics[0], events_per_s, stop))
-        console.print(f"[bold]broker[/] {broker.bootstrap}   [bold]metrics[/] "
-                      f"http://127.0.0.1:{config.http.port}/metrics   [bold]status[/] "
-                      f"http://127.0.0.1:{config.http.port}/status   (Ctrl-C to stop)")
+            _traffic(broker.bootstrap, config.kafka.topics[0], events_per_s, stop)
+        )
+        console.print(
+            f"[bold]broker[/] {broker.bootstrap}   [bold]metrics[/] "
+            f"http://127.0.0.1:{config.http.port}/metrics   [bold]status[/] "
+            f"http://127.0.0.1:{config.http.port}/status   (Ctrl-C to stop)"
+        )
         for name, sandbox in sandboxes.items():
             console.print(f"  sandbox {name}: {sandbox.base_url}")
         with Live(_view(relay), console=console, refresh_per_second=2) as live:

@@ -40,8 +40,9 @@ def broker_binary() -> str:
 class EmbeddedBroker:
     """A Tansu broker on a loopback port, memory storage; start() waits until it answers."""
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1",
-                 log_path: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self._log_path = log_path
@@ -58,7 +59,9 @@ class EmbeddedBroker:
         out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
         self._process = subprocess.Popen(
             [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "warn"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RUST_LOG": "warn"},
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s

@@ -13,11 +13,33 @@ PREFIX = "conversion_relay"
 REQUEST_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Event time to delivery: from a few ms (live) to a day (replay of a backlog).
 END_TO_END_BUCKETS_S = (
-    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
-    21600.0, 86400.0,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    21600.0,
+    86400.0,
 )
-OUTCOMES = ("delivered", "rejected", "retried", "skipped", "deduplicated", "dead_lettered",
-            "expired")
+OUTCOMES = (
+    "delivered",
+    "rejected",
+    "retried",
+    "skipped",
+    "deduplicated",
+    "dead_lettered",
+    "expired",
+)
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 
@@ -28,71 +50,134 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         p = PREFIX
-        self.build_info = Info(f"{p}_build", "Version and git sha of the running relay.",
-                               registry=r)
+        self.build_info = Info(
+            f"{p}_build", "Version and git sha of the running relay.", registry=r
+        )
         self.events_consumed = Counter(
-            f"{p}_events_consumed_total", "Kafka records fetched, per vendor pipeline and topic.",
-            ["vendor", "topic"], registry=r)
+            f"{p}_events_consumed_total",
+            "Kafka records fetched, per vendor pipeline and topic.",
+            ["vendor", "topic"],
+            registry=r,
+        )
         self.events_decoded = Counter(
-            f"{p}_events_decoded_total", "Records decoded into valid conversion events.",
-            ["vendor"], registry=r)
+            f"{p}_events_decoded_total",
+            "Records decoded into valid conversion events.",
+            ["vendor"],
+            registry=r,
+        )
         self.events_invalid = Counter(
-            f"{p}_events_invalid_total", "Records that are not valid conversion events.",
-            ["vendor", "reason"], registry=r)
+            f"{p}_events_invalid_total",
+            "Records that are not valid conversion events.",
+            ["vendor", "reason"],
+            registry=r,
+        )
         self.deliveries = Counter(
-            f"{p}_deliveries_total", "Terminal and retry outcomes of deliveries, per vendor.",
-            ["vendor", "outcome"], registry=r)
+            f"{p}_deliveries_total",
+            "Terminal and retry outcomes of deliveries, per vendor.",
+            ["vendor", "outcome"],
+            registry=r,
+        )
         self.skipped = Counter(
-            f"{p}_skipped_total", "Events not sent to a vendor on purpose, by reason.",
-            ["vendor", "reason"], registry=r)
+            f"{p}_skipped_total",
+            "Events not sent to a vendor on purpose, by reason.",
+            ["vendor", "reason"],
+            registry=r,
+        )
         self.http_requests = Counter(
-            f"{p}_http_requests_total", "HTTP requests sent to vendors, by status class.",
-            ["vendor", "status_class"], registry=r)
+            f"{p}_http_requests_total",
+            "HTTP requests sent to vendors, by status class.",
+            ["vendor", "status_class"],
+            registry=r,
+        )
         self.request_duration = Histogram(
-            f"{p}_request_duration_seconds", "Vendor HTTP round-trip time.",
-            ["vendor"], buckets=REQUEST_BUCKETS_S, registry=r)
+            f"{p}_request_duration_seconds",
+            "Vendor HTTP round-trip time.",
+            ["vendor"],
+            buckets=REQUEST_BUCKETS_S,
+            registry=r,
+        )
         self.end_to_end_latency = Histogram(
             f"{p}_end_to_end_latency_seconds",
             "From the event's occurred_at (or Kafka timestamp) to its delivery.",
-            ["vendor"], buckets=END_TO_END_BUCKETS_S, registry=r)
+            ["vendor"],
+            buckets=END_TO_END_BUCKETS_S,
+            registry=r,
+        )
         self.in_flight = Gauge(
-            f"{p}_in_flight", "Records fetched and not yet terminal, per vendor.",
-            ["vendor"], registry=r)
+            f"{p}_in_flight",
+            "Records fetched and not yet terminal, per vendor.",
+            ["vendor"],
+            registry=r,
+        )
         self.paused = Gauge(
-            f"{p}_paused", "1 while a vendor pipeline has paused fetching (in-flight cap).",
-            ["vendor"], registry=r)
+            f"{p}_paused",
+            "1 while a vendor pipeline has paused fetching (in-flight cap).",
+            ["vendor"],
+            registry=r,
+        )
         self.dlq_writes = Counter(
-            f"{p}_dlq_writes_total", "Dead letters written, per vendor and reason.",
-            ["vendor", "reason"], registry=r)
+            f"{p}_dlq_writes_total",
+            "Dead letters written, per vendor and reason.",
+            ["vendor", "reason"],
+            registry=r,
+        )
         self.dlq_write_failures = Counter(
-            f"{p}_dlq_write_failures_total", "Failed attempts to write a dead letter (retried).",
-            ["vendor"], registry=r)
+            f"{p}_dlq_write_failures_total",
+            "Failed attempts to write a dead letter (retried).",
+            ["vendor"],
+            registry=r,
+        )
         self.commits = Counter(
-            f"{p}_commits_total", "Offset commits, per vendor group.", ["vendor"], registry=r)
+            f"{p}_commits_total", "Offset commits, per vendor group.", ["vendor"], registry=r
+        )
         self.commit_failures = Counter(
-            f"{p}_commit_failures_total", "Offset commits that failed.", ["vendor"], registry=r)
+            f"{p}_commit_failures_total", "Offset commits that failed.", ["vendor"], registry=r
+        )
         self.rebalances = Counter(
-            f"{p}_rebalances_total", "Partition assignments received, per vendor group.",
-            ["vendor"], registry=r)
+            f"{p}_rebalances_total",
+            "Partition assignments received, per vendor group.",
+            ["vendor"],
+            registry=r,
+        )
         self.assigned_partitions = Gauge(
-            f"{p}_assigned_partitions", "Partitions currently assigned, per vendor group.",
-            ["vendor"], registry=r)
+            f"{p}_assigned_partitions",
+            "Partitions currently assigned, per vendor group.",
+            ["vendor"],
+            registry=r,
+        )
         self.consumer_lag = Gauge(
-            f"{p}_consumer_lag", "High watermark minus committed offset, per vendor group.",
-            ["vendor", "topic", "partition"], registry=r)
+            f"{p}_consumer_lag",
+            "High watermark minus committed offset, per vendor group.",
+            ["vendor", "topic", "partition"],
+            registry=r,
+        )
         self.ratelimit_fallback = Gauge(
             f"{p}_ratelimit_fallback",
             "1 while the shared (Redis) rate limit is unreachable and this replica limits alone.",
-            ["vendor"], registry=r)
+            ["vendor"],
+            registry=r,
+        )
         self.ratelimit_wait_seconds = Counter(
-            f"{p}_ratelimit_wait_seconds_total", "Seconds requests waited for the rate limiter.",
-            ["vendor"], registry=r)
+            f"{p}_ratelimit_wait_seconds_total",
+            "Seconds requests waited for the rate limiter.",
+            ["vendor"],
+            registry=r,
+        )
         self.retry_after_pauses = Counter(
-            f"{p}_retry_after_pauses_total", "Vendor-wide pauses ordered by a Retry-After answer.",
-            ["vendor"], registry=r)
+            f"{p}_retry_after_pauses_total",
+            "Vendor-wide pauses ordered by a Retry-After answer.",
+            ["vendor"],
+            registry=r,
+        )
         self.concurrency_limit = Gauge(
-            f"{p}_concurrency_limit", "Requests a vendor may have in flight now (adaptive).",
-            ["vendor"], registry=r)
+            f"{p}_concurrency_limit",
+            "Requests a vendor may have in flight now (adaptive).",
+            ["vendor"],
+            registry=r,
+        )
         self.breaker_state = Gauge(
-            f"{p}_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
-            ["vendor"], registry=r)
+            f"{p}_breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+            ["vendor"],
+            registry=r,
+        )

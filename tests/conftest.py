@@ -75,8 +75,11 @@ async def sandbox_factory() -> AsyncIterator[Callable[[Any], Awaitable[Sandbox]]
 
 
 def relay_config(
-    broker: EmbeddedBroker, topics: Topics, vendors: dict[str, dict[str, Any]],
-    group_prefix: str | None = None, **sections: Any,
+    broker: EmbeddedBroker,
+    topics: Topics,
+    vendors: dict[str, dict[str, Any]],
+    group_prefix: str | None = None,
+    **sections: Any,
 ) -> dict[str, Any]:
     """A relay config (as YAML data) for the test broker, topics and vendors."""
     pipeline = {"commit_interval_s": 0.2, "shutdown_grace_s": 10, "revoke_timeout_s": 5}
@@ -117,11 +120,13 @@ async def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -
         await asyncio.sleep(0.05)
 
 
-async def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 20.0
-                     ) -> list[Any]:
+async def read_topic(
+    bootstrap: str, topic: str, expected: int, timeout_s: float = 20.0
+) -> list[Any]:
     """Read at least `expected` records from the start of a topic (no group)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
@@ -141,11 +146,13 @@ async def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float
         await consumer.stop()
 
 
-async def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int
-                            ) -> dict[int, int]:
+async def committed_offsets(
+    bootstrap: str, group: str, topic: str, partitions: int
+) -> dict[int, int]:
     """The committed offset of each partition for a consumer group (-1 when none)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         result = {}
@@ -171,9 +178,18 @@ class RelayProcess:
         """Launch the process (logs to a file)."""
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "run", "--config", str(self.config_path),
-             *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "run",
+                "--config",
+                str(self.config_path),
+                *self.extra_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
             env={**os.environ, "RELAY_LOG_LEVEL": "info"},
         )
 
@@ -229,8 +245,9 @@ def relay_process(tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
         index = len(made)
         path = tmp_path / f"relay-{index}.yaml"
         path.write_text(yaml.safe_dump(config))
-        proc = RelayProcess(path, port, tmp_path / f"relay-{index}.log",
-                            extra_args=extra_args or [])
+        proc = RelayProcess(
+            path, port, tmp_path / f"relay-{index}.log", extra_args=extra_args or []
+        )
         made.append(proc)
         return proc
 

@@ -74,8 +74,12 @@ class RecordProducer(Protocol):
     """The part of aiokafka's AIOKafkaProducer the writer uses."""
 
     async def send_and_wait(
-        self, topic: str, value: bytes | None = None, key: bytes | None = None,
-        partition: int | None = None, timestamp_ms: int | None = None,
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> Any:
         """Send one record and wait for the broker's acknowledgement."""
@@ -86,7 +90,11 @@ class DeadLetterWriter:
     """Writes dead letters to the DLQ topic and returns only once the broker acknowledged."""
 
     def __init__(
-        self, producer: RecordProducer, topic: str, metrics: Metrics, retry_backoff_s: float = 0.5,
+        self,
+        producer: RecordProducer,
+        topic: str,
+        metrics: Metrics,
+        retry_backoff_s: float = 0.5,
         max_backoff_s: float = 10.0,
     ) -> None:
         self._producer = producer
@@ -102,13 +110,19 @@ class DeadLetterWriter:
         while True:
             try:
                 await self._producer.send_and_wait(
-                    self._topic, value=letter.source.value, key=letter.source.key,
+                    self._topic,
+                    value=letter.source.value,
+                    key=letter.source.key,
                     headers=headers,
                 )
             except KafkaError as exc:
                 self._metrics.dlq_write_failures.labels(letter.vendor).inc()
-                log.warning("dead letter write failed, retrying in %.1fs: %r", backoff_s, exc,
-                            extra={"vendor": letter.vendor, "reason": letter.reason})
+                log.warning(
+                    "dead letter write failed, retrying in %.1fs: %r",
+                    backoff_s,
+                    exc,
+                    extra={"vendor": letter.vendor, "reason": letter.reason},
+                )
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(self._max_backoff_s, backoff_s * 2)
                 continue

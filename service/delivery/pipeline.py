@@ -1,11 +1,11 @@
 """VendorPipeline: one vendor's consumer group, from fetched record to committed offset.
 
-    fetch (bounded in-flight: pause at the cap, resume under the low-water mark)
-      → queue → N workers: decode → route → build → sender.attempt → classify
-          delivered / skipped            → offset terminal
-          rejected / exhausted / expired → dead letter acked → offset terminal
-          retry                          → timer re-queues the record (no worker held)
-    commit loop: every interval, and on revocation, the lowest non-terminal offset per partition
+fetch (bounded in-flight: pause at the cap, resume under the low-water mark)
+  → queue → N workers: decode → route → build → sender.attempt → classify
+      delivered / skipped            → offset terminal
+      rejected / exhausted / expired → dead letter acked → offset terminal
+      retry                          → timer re-queues the record (no worker held)
+commit loop: every interval, and on revocation, the lowest non-terminal offset per partition
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ class Work:
                 origin["relay-source-topic"].decode(),
                 int(origin["relay-source-partition"]),
                 int(origin["relay-source-offset"]),
-                r.key, r.value, headers,
+                r.key,
+                r.value,
+                headers,
             )
         except (KeyError, ValueError, UnicodeDecodeError):
             return SourceRecord(r.topic, r.partition, r.offset, r.key, r.value, headers)
@@ -269,8 +271,10 @@ class VendorPipeline:
             try:
                 await self._process(work)
             except Exception:  # a bug must not kill the worker or lose the record
-                log.exception("unexpected error; record will be redelivered",
-                              extra={"vendor": self.vendor, "offset": work.record.offset})
+                log.exception(
+                    "unexpected error; record will be redelivered",
+                    extra={"vendor": self.vendor, "offset": work.record.offset},
+                )
                 self.last_error = "internal error (see logs)"
             finally:
                 self._active[work.tp] -= 1
@@ -313,8 +317,9 @@ class VendorPipeline:
                 self._complete(work)
                 return None
         if record.value is not None and len(record.value) > self._settings.max_record_bytes:
-            error = EventError(f"record of {len(record.value)} bytes exceeds max_record_bytes",
-                               kind="too_large")
+            error = EventError(
+                f"record of {len(record.value)} bytes exceeds max_record_bytes", kind="too_large"
+            )
             await self._invalid(work, error)
             return None
         try:
@@ -325,8 +330,12 @@ class VendorPipeline:
         self._metrics.events_decoded.labels(self.vendor).inc()
         work.event = event
         decision = route_event(
-            event, self.vendor, self._goal_ids, self._adapter.missing_identity(event),
-            self._config.max_event_age_s, self._now(),
+            event,
+            self.vendor,
+            self._goal_ids,
+            self._adapter.missing_identity(event),
+            self._config.max_event_age_s,
+            self._now(),
         )
         if isinstance(decision, Skip):
             self._metrics.skipped.labels(self.vendor, decision.reason).inc()
@@ -369,9 +378,16 @@ class VendorPipeline:
 
     async def _invalid(self, work: Work, error: EventError) -> None:
         self._metrics.events_invalid.labels(self.vendor, error.kind).inc()
-        log.warning("invalid event: %s", error, extra={
-            "vendor": self.vendor, "topic": work.tp.topic, "partition": work.tp.partition,
-            "offset": work.record.offset})
+        log.warning(
+            "invalid event: %s",
+            error,
+            extra={
+                "vendor": self.vendor,
+                "topic": work.tp.topic,
+                "partition": work.tp.partition,
+                "offset": work.record.offset,
+            },
+        )
         await self._write_dead_letter(work, "invalid_event", str(error), None)
 
     async def _dead_letter(
@@ -387,16 +403,26 @@ class VendorPipeline:
         self, work: Work, reason: str, error: str, status: int | None
     ) -> None:
         letter = DeadLetter(
-            vendor=self.vendor, reason=reason, error=error, source=work.source(),
-            http_status=status, attempts=work.prior_attempts() + work.attempts.count,
+            vendor=self.vendor,
+            reason=reason,
+            error=error,
+            source=work.source(),
+            http_status=status,
+            attempts=work.prior_attempts() + work.attempts.count,
             first_attempt_at=_at(work.attempts.first_at_s),
             last_attempt_at=_at(work.attempts.last_at_s),
         )
         await self._dlq.write(letter)
-        log.info("dead-lettered", extra={
-            "vendor": self.vendor, "reason": reason, "status": status,
-            "event_id": work.event.event_id if work.event else None,
-            "attempt": work.attempts.count})
+        log.info(
+            "dead-lettered",
+            extra={
+                "vendor": self.vendor,
+                "reason": reason,
+                "status": status,
+                "event_id": work.event.event_id if work.event else None,
+                "attempt": work.attempts.count,
+            },
+        )
         self._complete(work)
 
     # ---- commits and rebalances --------------------------------------------------------------
@@ -428,8 +454,10 @@ class VendorPipeline:
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Wait (bounded) for started deliveries of revoked partitions, commit, forget them."""
         revoked &= set(self._epochs)
-        await self._wait_until(lambda: not any(self._active.get(tp, 0) for tp in revoked),
-                               self._settings.revoke_timeout_s)
+        await self._wait_until(
+            lambda: not any(self._active.get(tp, 0) for tp in revoked),
+            self._settings.revoke_timeout_s,
+        )
         await self.commit(revoked)
         for tp in revoked:
             self._epochs.pop(tp, None)
@@ -450,8 +478,11 @@ class VendorPipeline:
         self.joined = True
         self._metrics.rebalances.labels(self.vendor).inc()
         self._metrics.assigned_partitions.labels(self.vendor).set(len(self._epochs))
-        log.info("partitions assigned: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned),
-                 extra={"vendor": self.vendor})
+        log.info(
+            "partitions assigned: %s",
+            sorted(f"{tp.topic}:{tp.partition}" for tp in assigned),
+            extra={"vendor": self.vendor},
+        )
 
     async def _lag_loop(self) -> None:
         while True:
@@ -477,7 +508,8 @@ class VendorPipeline:
                 committed = await self._consumer.committed(tp) or 0
             self._lag[tp] = max(0, end - committed)
             self._metrics.consumer_lag.labels(self.vendor, tp.topic, str(tp.partition)).set(
-                self._lag[tp])
+                self._lag[tp]
+            )
 
     def lag(self) -> int:
         """Total lag over this pipeline's partitions, as of the last lag update."""
@@ -497,12 +529,16 @@ class VendorPipeline:
 
     # ---- shutdown ----------------------------------------------------------------------------
 
-    async def _drain(self, workers: list[asyncio.Task[None]],
-                     helpers: list[asyncio.Task[None]]) -> None:
+    async def _drain(
+        self, workers: list[asyncio.Task[None]], helpers: list[asyncio.Task[None]]
+    ) -> None:
         await self._wait_until(lambda: not self.in_flight, self._settings.shutdown_grace_s)
         if self.in_flight:
-            log.warning("grace period over with %d records in flight; they will be redelivered",
-                        self.in_flight, extra={"vendor": self.vendor})
+            log.warning(
+                "grace period over with %d records in flight; they will be redelivered",
+                self.in_flight,
+                extra={"vendor": self.vendor},
+            )
         for handle in self._timers:
             handle.cancel()
         for task in (*workers, *helpers):

@@ -56,8 +56,9 @@ class LetterFilter(msgspec.Struct, frozen=True, kw_only=True):
             return False
         if self.since is not None and (info.failed_at is None or info.failed_at < self.since):
             return False
-        return not (self.until is not None and (info.failed_at is None
-                                                or info.failed_at >= self.until))
+        return not (
+            self.until is not None and (info.failed_at is None or info.failed_at >= self.until)
+        )
 
 
 def parse_time(text: str, now: datetime | None = None) -> datetime:
@@ -87,19 +88,22 @@ def letter_info(record: Any) -> LetterInfo:
         http_status=int(status) if status.isdigit() else None,
         attempts=int(attempts) if attempts.isdigit() else 0,
         failed_at=failed_at,
-        source=":".join(headers.get(f"relay-source-{k}", "?")
-                        for k in ("topic", "partition", "offset")),
+        source=":".join(
+            headers.get(f"relay-source-{k}", "?") for k in ("topic", "partition", "offset")
+        ),
         dlq_partition=record.partition,
         dlq_offset=record.offset,
     )
 
 
 async def _assigned_consumer(kafka: KafkaConfig, topic: str, **extra: Any) -> AIOKafkaConsumer:
-    consumer = AIOKafkaConsumer(**client_kwargs(kafka), enable_auto_commit=False,
-                                auto_offset_reset="earliest", **extra)
+    consumer = AIOKafkaConsumer(
+        **client_kwargs(kafka), enable_auto_commit=False, auto_offset_reset="earliest", **extra
+    )
     await consumer.start()
-    partitions = [TopicPartition(topic, p)
-                  for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    partitions = [
+        TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+    ]
     consumer.assign(partitions)
     if partitions:
         await consumer.seek_to_beginning(*partitions)
@@ -125,8 +129,9 @@ async def _high_watermarks(
     return {tp: max(listed.get(tp, 0), consumer.highwater(tp) or 0) for tp in partitions}
 
 
-async def end_offsets(kafka: KafkaConfig, topic: str, timeout_s: float = 5.0
-                      ) -> dict[TopicPartition, int]:
+async def end_offsets(
+    kafka: KafkaConfig, topic: str, timeout_s: float = 5.0
+) -> dict[TopicPartition, int]:
     """The current end offset of every partition of a topic."""
     consumer = await _assigned_consumer(kafka, topic, max_partition_fetch_bytes=1024)
     try:
@@ -158,6 +163,7 @@ async def read_letters(kafka: KafkaConfig, topic: str) -> list[LetterInfo]:
 
 def aggregate(letters: Iterable[LetterInfo], by: list[str]) -> list[dict[str, Any]]:
     """Count letters per combination of the given fields (vendor, reason, status, hour, day)."""
+
     def key(info: LetterInfo) -> tuple[str, ...]:
         values = []
         for field in by:
@@ -165,15 +171,18 @@ def aggregate(letters: Iterable[LetterInfo], by: list[str]) -> list[dict[str, An
                 values.append(str(info.http_status or "-"))
             elif field in ("hour", "day"):
                 fmt = "%Y-%m-%dT%H:00Z" if field == "hour" else "%Y-%m-%d"
-                values.append(info.failed_at.astimezone(UTC).strftime(fmt)
-                              if info.failed_at else "-")
+                values.append(
+                    info.failed_at.astimezone(UTC).strftime(fmt) if info.failed_at else "-"
+                )
             else:
                 values.append(str(getattr(info, field)))
         return tuple(values)
 
     counts = Counter(key(info) for info in letters)
-    return [{**dict(zip(by, k, strict=True)), "count": n}
-            for k, n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+    return [
+        {**dict(zip(by, k, strict=True)), "count": n}
+        for k, n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    ]
 
 
 def record_filter(letters: LetterFilter) -> Callable[[Any], str | None]:
@@ -187,7 +196,9 @@ def record_filter(letters: LetterFilter) -> Callable[[Any], str | None]:
 
 async def wait_caught_up(
     committed: Callable[[], Awaitable[dict[TopicPartition, int]]],
-    ends: dict[TopicPartition, int], stop: asyncio.Event, poll_s: float = 0.2,
+    ends: dict[TopicPartition, int],
+    stop: asyncio.Event,
+    poll_s: float = 0.2,
 ) -> None:
     """Return once every partition's commit reached its end offset (or when stopped)."""
     targets = {tp: end for tp, end in ends.items() if end > 0}

@@ -1,14 +1,14 @@
 """The shared HTTP sender: the layers around one request, outermost first, in one place.
 
-    dedup      (pipeline: skip an event already delivered to this vendor; mark after delivery)
-    breaker    wait while the vendor's circuit is open (the pipeline also pauses its fetching)
-    limiter    the vendor's rate limit and any Retry-After pause (shared over Redis if set)
-    concurrency  adaptive (AIMD) gate, when enabled; else the worker count is the ceiling
-    request    one encoded request; aiohttp's errors translated here, once
-    classify   the adapter's reading of the answer, then this vendor's status overrides
-    retry      backoff with full jitter, Retry-After honoured, max_attempts and max_elapsed_s;
-               never given up while the breaker is open (an outage is not the event's fault)
-    DLQ        (pipeline: rejected, exhausted or expired records, with their story)
+dedup      (pipeline: skip an event already delivered to this vendor; mark after delivery)
+breaker    wait while the vendor's circuit is open (the pipeline also pauses its fetching)
+limiter    the vendor's rate limit and any Retry-After pause (shared over Redis if set)
+concurrency  adaptive (AIMD) gate, when enabled; else the worker count is the ceiling
+request    one encoded request; aiohttp's errors translated here, once
+classify   the adapter's reading of the answer, then this vendor's status overrides
+retry      backoff with full jitter, Retry-After honoured, max_attempts and max_elapsed_s;
+           never given up while the breaker is open (an outage is not the event's fault)
+DLQ        (pipeline: rejected, exhausted or expired records, with their story)
 """
 
 from __future__ import annotations
@@ -104,8 +104,10 @@ class Sender:
             monotonic(),
         )
         self._gate = _Gate(self.concurrency.limit) if config.adaptive_concurrency else None
-        self._requests = {c: metrics.http_requests.labels(vendor, c)
-                          for c in ("2xx", "3xx", "4xx", "5xx", "error")}
+        self._requests = {
+            c: metrics.http_requests.labels(vendor, c)
+            for c in ("2xx", "3xx", "4xx", "5xx", "error")
+        }
         self._duration = metrics.request_duration.labels(vendor)
         self._breaker_gauge = metrics.breaker_state.labels(vendor)
         self._breaker_gauge.set(0)

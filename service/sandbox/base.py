@@ -154,10 +154,13 @@ class Sandbox:
         return [r.payload for r in self.accepted]
 
     async def _stats(self, request: web.Request) -> web.Response:
-        return web.json_response({
-            "accepted": len(self.accepted), "refused": len(self.refused),
-            "statuses": {str(k): v for k, v in self.statuses.items()},
-        })
+        return web.json_response(
+            {
+                "accepted": len(self.accepted),
+                "refused": len(self.refused),
+                "statuses": {str(k): v for k, v in self.statuses.items()},
+            }
+        )
 
     def _answer(self, response: web.StreamResponse, arrived_s: float) -> web.StreamResponse:
         self.statuses[response.status] = self.statuses.get(response.status, 0) + 1
@@ -184,15 +187,22 @@ class Sandbox:
             faults.throttle_rate > 0 and self.rng() < faults.throttle_rate
         ):
             wait_s = faults.retry_after_s if faults.retry_after_s is not None else 1
-            return self._answer(web.Response(status=429, headers={"Retry-After": str(wait_s)}), now_s)
+            return self._answer(
+                web.Response(status=429, headers={"Retry-After": str(wait_s)}), now_s
+            )
         if self._over_rate(now_s):
             return self._answer(web.Response(status=429, headers={"Retry-After": "1"}), now_s)
         if faults.error_rate > 0 and self.rng() < faults.error_rate:
             return self._answer(web.Response(status=faults.error_status), now_s)
         verdict = self.contract.check(request, body)
         received = Received(
-            at_s=now_s, method=request.method, path=request.path, query=dict(request.query),
-            headers=dict(request.headers), body=body, payload=verdict.payload,
+            at_s=now_s,
+            method=request.method,
+            path=request.path,
+            query=dict(request.query),
+            headers=dict(request.headers),
+            body=body,
+            payload=verdict.payload,
         )
         if isinstance(verdict, Refused):
             self.refused.append(received)

@@ -13,8 +13,14 @@ from aiohttp import web
 from service.sandbox.base import Accepted, Refused
 from service.vendors.goal_reach import PATH
 
-_FIELDS = {"Ip", "GoalId", "CustomerId", "CreatedOnUtc", "CustomUserScopeParams",
-           "CustomPageScopeParams"}
+_FIELDS = {
+    "Ip",
+    "GoalId",
+    "CustomerId",
+    "CreatedOnUtc",
+    "CustomUserScopeParams",
+    "CustomPageScopeParams",
+}
 # The doc's example: "2022-10-27 12:23:25.367999" (UTC, space separator, optional fraction).
 _CREATED_ON = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,7})?$")
 

@@ -1,4 +1,4 @@
-"""Generic webhook: the worked example of the README's Vendors section, through adapter and sandbox."""
+"""Generic webhook: the README's worked example, through adapter and sandbox."""
 
 from __future__ import annotations
 

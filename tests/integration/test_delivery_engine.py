@@ -19,14 +19,19 @@ from tests.conftest import goal_reach_vendor, read_topic, relay_config, wait_for
 
 def _customers(lines: list[bytes], vendor: str = "sustain_impact") -> Counter[str]:
     events = [orjson.loads(line) for line in lines]
-    return Counter(e["customer"]["ids"][vendor] for e in events
-                   if e["goal"] in ("purchase", "signup") and vendor in e["customer"]["ids"])
+    return Counter(
+        e["customer"]["ids"][vendor]
+        for e in events
+        if e["goal"] in ("purchase", "signup") and vendor in e["customer"]["ids"]
+    )
 
 
 async def _metric(port: int, name: str, labels: dict[str, str]) -> float | None:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
-            text = await resp.text()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as resp,
+    ):
+        text = await resp.text()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
@@ -43,9 +48,13 @@ async def test_two_replicas_sharing_a_redis_limit_stay_under_it_together(
     si = await sandbox_factory()
     si.faults.rate_limit_per_s = rate_per_s * 1.2
     vendor = goal_reach_vendor(si, rate_limit={"per_s": rate_per_s, "burst": 2})
-    config = relay_config(broker, topics, {"sustain_impact": vendor},
-                          group_prefix=f"rl-{uuid.uuid4().hex[:6]}",
-                          redis={"url": redis_clean.url, "replicas": 2})
+    config = relay_config(
+        broker,
+        topics,
+        {"sustain_impact": vendor},
+        group_prefix=f"rl-{uuid.uuid4().hex[:6]}",
+        redis={"url": redis_clean.url, "replicas": 2},
+    )
     relays = [relay_process(config), relay_process(config)]
     for relay in relays:
         relay.start()
@@ -107,13 +116,20 @@ async def test_a_vendor_down_for_20s_gets_everything_after_and_others_are_unaffe
     await publish(broker.bootstrap, topics.source, lines)
     outage_started_s = time.time()
     want_healthy = _customers(lines, "sales_ninja")
-    await wait_for(lambda: len(healthy.accepted) >= sum(want_healthy.values()), 15,
-                   "the healthy vendor's deliveries during the outage")
+    await wait_for(
+        lambda: len(healthy.accepted) >= sum(want_healthy.values()),
+        15,
+        "the healthy vendor's deliveries during the outage",
+    )
     assert time.time() - outage_started_s < 20
-    await wait_for(lambda: relay.status()["vendors"]["sustain_impact"]["breaker"] != "closed",
-                   15, "the breaker to open")
+    await wait_for(
+        lambda: relay.status()["vendors"]["sustain_impact"]["breaker"] != "closed",
+        15,
+        "the breaker to open",
+    )
     assert relay.metrics.registry.get_sample_value(
-        "conversion_relay_breaker_state", {"vendor": "sustain_impact"}) in (1, 2)
+        "conversion_relay_breaker_state", {"vendor": "sustain_impact"}
+    ) in (1, 2)
     await wait_for(lambda: time.time() - outage_started_s >= 20, 25, "a 20 s outage")
     await down.go_up()
     want = _customers(lines)
@@ -121,8 +137,13 @@ async def test_a_vendor_down_for_20s_gets_everything_after_and_others_are_unaffe
     assert Counter(p["CustomerId"] for p in down.payloads()) == want
     assert Counter(p["CustomerId"] for p in healthy.payloads()) == want_healthy
     sample = relay.metrics.registry.get_sample_value
-    assert sample("conversion_relay_dlq_writes_total",
-                  {"vendor": "sustain_impact", "reason": "retries_exhausted"}) == 0
+    assert (
+        sample(
+            "conversion_relay_dlq_writes_total",
+            {"vendor": "sustain_impact", "reason": "retries_exhausted"},
+        )
+        == 0
+    )
     assert await read_topic(broker.bootstrap, topics.dlq, expected=1, timeout_s=2) == []
 
 
@@ -132,8 +153,12 @@ async def test_delivery_continues_on_the_local_share_when_redis_dies(
     """Redis killed mid-run: the relay keeps delivering at its local share and says so."""
     si = await sandbox_factory()
     vendor = goal_reach_vendor(si, rate_limit={"per_s": 200})
-    config = relay_config(broker, topics, {"sustain_impact": vendor},
-                          redis={"url": redis_clean.url, "replicas": 2, "reprobe_s": 1})
+    config = relay_config(
+        broker,
+        topics,
+        {"sustain_impact": vendor},
+        redis={"url": redis_clean.url, "replicas": 2, "reprobe_s": 1},
+    )
     relay = relay_process(config)
     relay.start()
     await relay.wait_ready()
@@ -147,8 +172,12 @@ async def test_delivery_continues_on_the_local_share_when_redis_dies(
         want = _customers(first) + _customers(second)
         await wait_for(lambda: len(si.accepted) >= sum(want.values()), 30, "after Redis died")
         assert Counter(p["CustomerId"] for p in si.payloads()) == want
-        assert await _metric(relay.http_port, "conversion_relay_ratelimit_fallback",
-                             {"vendor": "sustain_impact"}) == 1
+        assert (
+            await _metric(
+                relay.http_port, "conversion_relay_ratelimit_fallback", {"vendor": "sustain_impact"}
+            )
+            == 1
+        )
     finally:
         relay.signal(signal.SIGTERM)
         assert await relay.wait_exit() == 0
@@ -160,14 +189,21 @@ async def test_a_redelivered_event_already_delivered_is_skipped_and_counted(
 ):
     """The same event_id twice reaches the vendor once; the second is counted deduplicated."""
     si = await sandbox_factory()
-    relay = await run_relay(relay_config(broker, topics,
-                                         {"sustain_impact": goal_reach_vendor(si)}))
+    relay = await run_relay(relay_config(broker, topics, {"sustain_impact": goal_reach_vendor(si)}))
     line = next(line for line in sample_lines(5) if orjson.loads(line)["goal"] == "purchase")
     await publish(broker.bootstrap, topics.source, [line])
     await wait_for(lambda: len(si.accepted) == 1, 30, "the first delivery")
     await publish(broker.bootstrap, topics.source, [line])
     sample = relay.metrics.registry.get_sample_value
-    await wait_for(lambda: sample("conversion_relay_deliveries_total",
-                                  {"vendor": "sustain_impact", "outcome": "deduplicated"}) == 1,
-                   30, "the duplicate to be counted")
+    await wait_for(
+        lambda: (
+            sample(
+                "conversion_relay_deliveries_total",
+                {"vendor": "sustain_impact", "outcome": "deduplicated"},
+            )
+            == 1
+        ),
+        30,
+        "the duplicate to be counted",
+    )
     assert len(si.accepted) == 1

@@ -16,8 +16,9 @@ async def _dead_letter_three(broker, topics, sandbox, run_relay) -> dict:
     sandbox.faults.reject_next = 3
     config = relay_config(broker, topics, {"sustain_impact": goal_reach_vendor(sandbox)})
     relay = await run_relay(config)
-    lines = [line for line in sample_lines(12)
-             if orjson.loads(line)["goal"] in ("purchase", "signup")][:5]
+    lines = [
+        line for line in sample_lines(12) if orjson.loads(line)["goal"] in ("purchase", "signup")
+    ][:5]
     await publish(broker.bootstrap, topics.source, lines)
     await wait_for(lambda: len(sandbox.accepted) + len(sandbox.refused) >= 5, 30, "answers")
     await wait_for(lambda: relay.pipelines["sustain_impact"].in_flight == 0, 10, "terminal")
@@ -34,7 +35,8 @@ async def test_inspect_aggregates_letters_by_vendor_reason_and_status(
     letters = await read_letters(parsed.kafka, parsed.dlq.topic)
     assert len(letters) == 3
     assert aggregate(letters, ["vendor", "reason", "status"]) == [
-        {"vendor": "sustain_impact", "reason": "rejected", "status": "400", "count": 3}]
+        {"vendor": "sustain_impact", "reason": "rejected", "status": "400", "count": 3}
+    ]
     assert LetterFilter(reason="expired").matches(letters[0]) is False
 
 
@@ -46,8 +48,11 @@ async def test_replay_after_fixing_the_vendor_delivers_each_letter_once_and_resu
     config = await _dead_letter_three(broker, topics, si, run_relay)
     rejected = [r.payload["CustomerId"] for r in si.refused]
     si.reset()
-    replay = Replay(parse_config(config), "sustain_impact",
-                    LetterFilter(vendor="sustain_impact", reason="rejected"))
+    replay = Replay(
+        parse_config(config),
+        "sustain_impact",
+        LetterFilter(vendor="sustain_impact", reason="rejected"),
+    )
     counts = await replay.run()
     assert counts["delivered"] == 3
     assert sorted(p["CustomerId"] for p in si.payloads()) == sorted(rejected)

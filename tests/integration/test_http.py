@@ -61,17 +61,23 @@ async def test_metrics_and_status_report_deliveries_per_vendor(
             status = await resp.json()
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text) for s in family.samples
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
     }
     vendor = ("vendor", "sustain_impact")
-    assert samples[("conversion_relay_events_consumed_total",
-                    (("topic", topics.source), vendor))] == 31
-    assert samples[("conversion_relay_deliveries_total",
-                    (("outcome", "delivered"), vendor))] == len(si.accepted)
-    assert samples[("conversion_relay_dlq_writes_total",
-                    (("reason", "invalid_event"), vendor))] == 1
+    assert (
+        samples[("conversion_relay_events_consumed_total", (("topic", topics.source), vendor))]
+        == 31
+    )
+    assert samples[
+        ("conversion_relay_deliveries_total", (("outcome", "delivered"), vendor))
+    ] == len(si.accepted)
+    assert (
+        samples[("conversion_relay_dlq_writes_total", (("reason", "invalid_event"), vendor))] == 1
+    )
     assert samples[("conversion_relay_request_duration_seconds_count", (vendor,))] == len(
-        si.accepted)
+        si.accepted
+    )
     entry = status["vendors"]["sustain_impact"]
     assert entry["enabled"] is True
     assert len(entry["assigned_partitions"]) == topics.partitions

@@ -33,7 +33,8 @@ def _events(lines: list[bytes]) -> list[dict[str, Any]]:
 
 def _expected(events: list[dict[str, Any]], vendor: str, goals: set[str]) -> Counter[str]:
     return Counter(
-        e["customer"]["ids"][vendor] for e in events
+        e["customer"]["ids"][vendor]
+        for e in events
         if e["goal"] in goals and vendor in e["customer"]["ids"]
     )
 
@@ -54,8 +55,13 @@ async def test_each_event_is_delivered_exactly_once_to_each_routed_vendor(
 
     want_si = _expected(events, "sustain_impact", {"purchase", "signup"})
     want_sn = _expected(events, "sales_ninja", {"purchase"})
-    await wait_for(lambda: len(si.accepted) >= sum(want_si.values())
-                   and len(sn.accepted) >= sum(want_sn.values()), 60, "all deliveries")
+    await wait_for(
+        lambda: (
+            len(si.accepted) >= sum(want_si.values()) and len(sn.accepted) >= sum(want_sn.values())
+        ),
+        60,
+        "all deliveries",
+    )
     await wait_for(lambda: relay.pipelines["sales_ninja"].in_flight == 0, 10, "drain")
 
     assert Counter(p["CustomerId"] for p in si.payloads()) == want_si
@@ -69,8 +75,9 @@ async def test_each_event_is_delivered_exactly_once_to_each_routed_vendor(
         assert payload["Ip"] == event["customer"]["ip"]
         assert all(isinstance(v, str) for v in payload.get("CustomUserScopeParams", {}).values())
     skipped = relay.metrics.skipped.labels("sales_ninja", "missing_identity")._value.get()
-    assert skipped == sum(1 for e in events if e["goal"] == "purchase"
-                          and "sales_ninja" not in e["customer"]["ids"])
+    assert skipped == sum(
+        1 for e in events if e["goal"] == "purchase" and "sales_ninja" not in e["customer"]["ids"]
+    )
 
 
 async def test_malformed_records_go_to_the_dlq_with_headers_and_valid_ones_still_arrive(
@@ -131,8 +138,9 @@ async def test_transient_errors_are_retried_until_delivered(
     """With 40 % of answers 503, every event still arrives and nothing is dead-lettered."""
     si = await sandbox_factory()
     si.faults.error_rate = 0.4
-    vendor = goal_reach_vendor(si, retry={"max_attempts": 20, "initial_backoff_s": 0.01,
-                                           "max_backoff_s": 0.1})
+    vendor = goal_reach_vendor(
+        si, retry={"max_attempts": 20, "initial_backoff_s": 0.01, "max_backoff_s": 0.1}
+    )
     relay = await run_relay(relay_config(broker, topics, {"sustain_impact": vendor}))
     lines = list(sample_lines(200))
     await publish(broker.bootstrap, topics.source, lines)
@@ -150,8 +158,12 @@ async def test_in_flight_cap_pauses_fetching_and_memory_stays_bounded(
     """With a slow vendor, in-flight records never exceed the cap and fetching pauses at it."""
     si = await sandbox_factory()
     si.faults.latency_s = 0.05
-    config = relay_config(broker, topics, {"sustain_impact": goal_reach_vendor(si, concurrency=4)},
-                          pipeline={"max_in_flight": 50, "resume_below": 20})
+    config = relay_config(
+        broker,
+        topics,
+        {"sustain_impact": goal_reach_vendor(si, concurrency=4)},
+        pipeline={"max_in_flight": 50, "resume_below": 20},
+    )
     relay = await run_relay(config)
     await publish(broker.bootstrap, topics.source, list(sample_lines(600)))
     pipeline = relay.pipelines["sustain_impact"]
@@ -212,8 +224,11 @@ async def test_sigkill_mid_stream_then_restart_delivers_every_event_at_least_onc
     second.start()
     await second.wait_ready()
     want = _expected(_events(lines), "sustain_impact", {"purchase", "signup"})
-    await wait_for(lambda: set(want) <= {p["CustomerId"] for p in si.payloads()}, 60,
-                   "every event after restart")
+    await wait_for(
+        lambda: set(want) <= {p["CustomerId"] for p in si.payloads()},
+        60,
+        "every event after restart",
+    )
     second.signal(signal.SIGTERM)
     assert await second.wait_exit() == 0
 
@@ -224,8 +239,12 @@ async def test_two_relays_in_one_group_share_partitions_and_deliver_everything(
     """Two processes with the same group prefix split the partitions and together miss nothing."""
     si = await sandbox_factory()
     si.faults.latency_s = 0.002
-    config = relay_config(broker, topics, {"sustain_impact": goal_reach_vendor(si)},
-                          group_prefix=f"shared-{uuid.uuid4().hex[:6]}")
+    config = relay_config(
+        broker,
+        topics,
+        {"sustain_impact": goal_reach_vendor(si)},
+        group_prefix=f"shared-{uuid.uuid4().hex[:6]}",
+    )
     relays = [relay_process(config), relay_process(config)]
     for relay in relays:
         relay.start()
@@ -234,8 +253,7 @@ async def test_two_relays_in_one_group_share_partitions_and_deliver_everything(
     lines = list(sample_lines(2000))
     await publish(broker.bootstrap, topics.source, lines)
     want = _expected(_events(lines), "sustain_impact", {"purchase", "signup"})
-    await wait_for(lambda: set(want) <= {p["CustomerId"] for p in si.payloads()}, 60,
-                   "every event")
+    await wait_for(lambda: set(want) <= {p["CustomerId"] for p in si.payloads()}, 60, "every event")
     statuses = []
     async with aiohttp.ClientSession() as session:
         for relay in relays:

@@ -17,8 +17,14 @@ GOAL = "299837db-9b51-45a4-996b-844d3fd05bbd"
 def _base(**vendor: object) -> dict:
     return {
         "kafka": {"bootstrap_servers": ["k:9092"], "topics": ["conversions"]},
-        "vendors": {"sustain_impact": {"protocol": "goal_reach", "base_url": "https://api.x.de",
-                                       "goals": {"purchase": GOAL}, **vendor}},
+        "vendors": {
+            "sustain_impact": {
+                "protocol": "goal_reach",
+                "base_url": "https://api.x.de",
+                "goals": {"purchase": GOAL},
+                **vendor,
+            }
+        },
     }
 
 
@@ -77,8 +83,12 @@ def test_sasl_without_credentials_is_rejected():
 def test_redacted_config_hides_secrets():
     """Config dumps never show passwords or API keys."""
     data = _base()
-    data["kafka"].update(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
-                         sasl_username="relay", sasl_password="hunter2")
+    data["kafka"].update(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="relay",
+        sasl_password="hunter2",
+    )
     dump = str(redacted(parse_config(data, {})))
     assert "hunter2" not in dump and "***" in dump
 

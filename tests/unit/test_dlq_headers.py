@@ -11,10 +11,16 @@ def test_dead_letter_headers_carry_the_whole_story():
     """Vendor, reason, error, status, attempts, times and source position are all present."""
     first = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
     letter = DeadLetter(
-        vendor="altcraft", reason="rejected", error="error 3: bad token",
-        source=SourceRecord("conversions", 2, 41, b"k", b"v",
-                            [("trace", b"abc"), ("relay-reason", b"old")]),
-        http_status=200, attempts=3, first_attempt_at=first, last_attempt_at=first,
+        vendor="altcraft",
+        reason="rejected",
+        error="error 3: bad token",
+        source=SourceRecord(
+            "conversions", 2, 41, b"k", b"v", [("trace", b"abc"), ("relay-reason", b"old")]
+        ),
+        http_status=200,
+        attempts=3,
+        first_attempt_at=first,
+        last_attempt_at=first,
     )
     headers = dlq_headers(letter, datetime(2026, 11, 23, 10, 1, tzinfo=UTC))
     as_dict = dict(headers)
@@ -34,8 +40,12 @@ def test_dead_letter_headers_carry_the_whole_story():
 
 def test_invalid_events_have_no_status_or_attempt_times():
     """A record that never reached a vendor carries no HTTP status and zero attempts."""
-    letter = DeadLetter(vendor="v", reason="invalid_event", error="not valid JSON",
-                        source=SourceRecord("t", 0, 1, None, b"x"))
+    letter = DeadLetter(
+        vendor="v",
+        reason="invalid_event",
+        error="not valid JSON",
+        source=SourceRecord("t", 0, 1, None, b"x"),
+    )
     names = {k for k, _ in dlq_headers(letter, datetime.now(UTC))}
     assert "relay-http-status" not in names and "relay-first-attempt-at" not in names
     assert dict(dlq_headers(letter, datetime.now(UTC)))["relay-attempts"] == b"0"

@@ -15,7 +15,9 @@ FULL = {
     "value": 129.90,
     "currency": "EUR",
     "customer": {
-        "email": "anna@example.com", "phone": "+49301234567", "ip": "185.237.80.128",
+        "email": "anna@example.com",
+        "phone": "+49301234567",
+        "ip": "185.237.80.128",
         "user_agent": "Mozilla/5.0",
         "ids": {"sustain_impact": "2eccd743-4164-4892-a416-dc5c16f44971"},
     },

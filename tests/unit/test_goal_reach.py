@@ -25,13 +25,15 @@ DOC_EXAMPLE = {
 
 
 def _adapter(**config: object) -> GoalReachAdapter:
-    return GoalReachAdapter("sustain_impact",
-                            GoalReachConfig(base_url="https://api.sustain-impact.de", **config))
+    return GoalReachAdapter(
+        "sustain_impact", GoalReachConfig(base_url="https://api.sustain-impact.de", **config)
+    )
 
 
 def _event(**changes: object) -> ConversionEvent:
     fields: dict = {
-        "event_id": "e-1", "goal": "purchase",
+        "event_id": "e-1",
+        "goal": "purchase",
         "occurred_at": datetime(2022, 10, 27, 12, 23, 25, 367999, tzinfo=UTC),
         "customer": Customer(ip="185.237.80.128", ids={"sustain_impact": CUSTOMER}),
         "params": {"Revenue": 12350, "NetProfit": "900"},
@@ -55,8 +57,9 @@ def test_param_values_are_always_sent_as_strings():
     assert param_text(12500.0) == "12500"
     assert param_text(12.5) == "12.5"
     assert param_text(True) == "true"
-    body = orjson.loads(_adapter().build(
-        _event(page_params={"Pages": 3, "Flag": False}), Route("x", GOAL)).body)
+    body = orjson.loads(
+        _adapter().build(_event(page_params={"Pages": 3, "Flag": False}), Route("x", GOAL)).body
+    )
     assert body["CustomPageScopeParams"] == {"Pages": "3", "Flag": "false"}
 
 

@@ -46,8 +46,10 @@ def test_offsets_must_be_dispatched_in_increasing_order():
         tracker.dispatch(3)
 
 
-@given(st.lists(st.integers(min_value=1, max_value=5), min_size=1, max_size=60),
-       st.randoms(use_true_random=False))
+@given(
+    st.lists(st.integers(min_value=1, max_value=5), min_size=1, max_size=60),
+    st.randoms(use_true_random=False),
+)
 def test_no_commit_point_ever_passes_an_unfinished_record(steps, rnd):
     """Whatever the completion order, the commit point is the lowest unfinished offset."""
     tracker = OffsetTracker()

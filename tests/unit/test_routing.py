@@ -11,8 +11,9 @@ from service.vendors.base import Route
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
-def _event(goal: str = "purchase", vendors: list[str] | None = None,
-           age: timedelta = timedelta(0)) -> ConversionEvent:
+def _event(
+    goal: str = "purchase", vendors: list[str] | None = None, age: timedelta = timedelta(0)
+) -> ConversionEvent:
     return ConversionEvent(event_id="e", goal=goal, occurred_at=NOW - age, vendors=vendors)
 
 
