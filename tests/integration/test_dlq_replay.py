@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
+
 import orjson
+import yaml
 
 from service.app import Replay
 from service.config import parse_config
@@ -81,3 +86,34 @@ async def test_a_letter_that_fails_again_returns_to_the_dlq_with_more_attempts(
         assert headers["relay-attempts"] == b"2"
         assert headers["relay-source-topic"].decode() == topics.source
     assert {h["relay-source-offset"] for h in written_back} == originals
+
+
+async def test_the_dlq_commands_inspect_and_replay_from_the_command_line(
+    broker, topics, sandbox_factory, run_relay, tmp_path
+):
+    """`dlq inspect --json` aggregates, `dlq replay --dry-run` sends nothing, `dlq replay` does."""
+    si = await sandbox_factory()
+    config = await _dead_letter_three(broker, topics, si, run_relay)
+    path = tmp_path / "relay.yaml"
+    path.write_text(yaml.safe_dump(config))
+    base = [sys.executable, "-m", "service", "dlq"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*base, *args, "--config", str(path)], capture_output=True, text=True, timeout=60
+        )
+
+    inspected = await asyncio.to_thread(run, "inspect", "--json")
+    assert inspected.returncode == 0, inspected.stderr
+    assert orjson.loads(inspected.stdout) == [
+        {"vendor": "sustain_impact", "reason": "rejected", "status": "400", "count": 3}
+    ]
+    si.reset()
+    dry = await asyncio.to_thread(run, "replay", "--vendor", "sustain_impact", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "3 dead letters match" in dry.stdout
+    assert not si.accepted
+    replayed = await asyncio.to_thread(run, "replay", "--vendor", "sustain_impact")
+    assert replayed.returncode == 0, replayed.stderr + replayed.stdout
+    assert "delivered=3" in replayed.stdout
+    assert len(si.accepted) == 3
