@@ -167,6 +167,8 @@ class Relay:
             log.info("rate limits and Retry-After pauses shared through Redis")
         else:
             self._limiter = LocalRateLimiter(limits, metrics=self.metrics)
+            for name in self.vendor_names:  # never on a fallback: there is nothing shared
+                self.metrics.ratelimit_fallback.labels(name).set(0)
         self._dedup = make_dedup_store(
             config.dedup, self._redis, config.redis.key_prefix if config.redis else ""
         )

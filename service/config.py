@@ -72,6 +72,8 @@ class PipelineConfig(Strict, frozen=True):
     revoke_timeout_s: PositiveFloat = 10.0
     shutdown_grace_s: PositiveFloat = 20.0
     max_record_bytes: PositiveInt = 1_048_576
+    # How often each pipeline refreshes its consumer-lag gauge.
+    lag_interval_s: PositiveFloat = 5.0
 
     @property
     def low_water(self) -> int:

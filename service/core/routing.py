@@ -11,6 +11,10 @@ from service.core.exchange import Route
 from service.events import ConversionEvent
 
 
+# Why an event is not sent to a vendor on purpose (a metric label).
+SKIP_REASONS = ("not_listed", "no_route", "missing_identity")
+
+
 class Skip(msgspec.Struct, frozen=True):
     """The event is not for this vendor; `reason` is a metric label from a fixed set."""
 

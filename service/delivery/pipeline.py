@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError
 
 from service.config import PipelineConfig
 from service.core.offsets import OffsetTracker
-from service.core.routing import Expired, Skip, route_event
+from service.core.routing import SKIP_REASONS, Expired, Skip, route_event
 from service.delivery.dedup import DedupStore
 from service.delivery.dlq import REASONS, DeadLetter, DeadLetterWriter, SourceRecord
 from service.delivery.sender import Attempts, Sender
@@ -33,7 +33,6 @@ from service.metrics import OUTCOMES, Metrics
 from service.vendors.base import Outcome, OutcomeKind, VendorBase, VendorRequest
 
 log = logging.getLogger("conversion_relay.pipeline")
-_LAG_INTERVAL_S = 5.0
 
 
 class Work:
@@ -146,6 +145,13 @@ class VendorPipeline:
             metrics.dlq_writes.labels(vendor, reason)
         for kind in INVALID_KINDS:
             metrics.events_invalid.labels(vendor, kind)
+        for reason in SKIP_REASONS:
+            metrics.skipped.labels(vendor, reason)
+        metrics.events_decoded.labels(vendor)
+        metrics.rebalances.labels(vendor)
+        metrics.assigned_partitions.labels(vendor)
+        metrics.ratelimit_wait_seconds.labels(vendor)
+        metrics.retry_after_pauses.labels(vendor)
         metrics.commits.labels(vendor)
         metrics.commit_failures.labels(vendor)
         metrics.dlq_write_failures.labels(vendor)
@@ -486,7 +492,7 @@ class VendorPipeline:
 
     async def _lag_loop(self) -> None:
         while True:
-            await asyncio.sleep(_LAG_INTERVAL_S)
+            await asyncio.sleep(self._settings.lag_interval_s)
             await self.update_lag()
 
     async def update_lag(self) -> None:
