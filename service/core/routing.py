@@ -10,7 +10,6 @@ import msgspec
 from service.core.exchange import Route
 from service.events import ConversionEvent
 
-
 # Why an event is not sent to a vendor on purpose (a metric label).
 SKIP_REASONS = ("not_listed", "no_route", "missing_identity")
 
