@@ -32,5 +32,10 @@ test: env lint
 unit: env
 	$(VENV)/bin/pytest tests/unit
 
+# Benchmarks (not part of `make test`): bench/README.md. BENCH_ARGS="--quick" for a smoke run.
+bench: env
+	bash bench/setup.sh
+	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

@@ -45,6 +45,7 @@ class Settings:
     events: int
     concurrency: int
     max_s: float  # per contender, from its first delivery
+    startup_s: float = 60.0  # per contender, to its first delivery
     latencies_ms: tuple[int, ...] = (0, 20)
     latency_rate: float = 1000.0
     latency_s: float = 20.0
@@ -102,7 +103,6 @@ async def watch(
     max_s: float,
     tree: bool = False,
     startup_s: float = 60.0,
-    stop_when: Callable[[SinkStats, float], bool] | None = None,
 ) -> Measured:
     """Poll the sinks and the process until `expected` deliveries, the time limit or an exit.
 
@@ -130,8 +130,6 @@ async def watch(
             if first_seen is None:
                 first_seen = now
             if stats.accepted >= expected:
-                break
-            if stop_when is not None and stop_when(stats, now - first_seen):
                 break
             if now - first_seen > max_s:
                 break
@@ -251,7 +249,9 @@ class Bench:
         try:
             if ready is not None:
                 await ready(proc)
-            measured = await watch(proc, [sink], expected, max_s or self.s.max_s, tree)
+            measured = await watch(
+                proc, [sink], expected, max_s or self.s.max_s, tree, self.s.startup_s
+            )
         finally:
             proc.stop(timeout_s=30)
             sink.stop()
@@ -411,7 +411,9 @@ class Bench:
             for sink in sinks:
                 assert isinstance(sink, SandboxSink)
                 sink.wait_ready()
-            measured = await watch(proc.proc, sinks, expected, self.s.max_s)
+            measured = await watch(
+                proc.proc, sinks, expected, self.s.max_s, startup_s=self.s.startup_s
+            )
         finally:
             proc.proc.stop(timeout_s=30)
             for sink in sinks:
@@ -507,13 +509,21 @@ class Bench:
             await kafka.make_topic(self.broker.bootstrap, topic)
             sink = self.sandbox("latency-sink", 0, latency_samples=True)
             starters: dict[str, Callable[[Sink], Proc]] = {
-                "relay1": self.relay1(topic),
                 "naive": self.naive(topic),
                 "faststream64": self.faststream(topic, s.concurrency),
             }
-            proc = starters[key](sink)
+            relay_run = None
+            if key == "relay1":
+                vendors = relay.single_vendor(sink.base_url, s.concurrency)
+                relay_run = self.relay_proc(topic, vendors, "latency-relay1")
+                proc = relay_run.proc
+            else:
+                proc = starters[key](sink)
             try:
-                await asyncio.sleep(3.0)  # join the group before the first event
+                if relay_run is not None:
+                    await relay_run.wait_ready()  # joined its group
+                else:
+                    await asyncio.sleep(3.0)  # no readiness signal: time to join the group
                 duration_s = s.latency_warmup_s + s.latency_s
                 started = time.time()
                 sent = await kafka.steady(self.broker.bootstrap, topic, s.latency_rate, duration_s)
@@ -637,9 +647,7 @@ class Bench:
         sink = self.sandbox("rate-sink", 0, rate_limit_per_s=s.rate_sink_limit_per_s)
         proc = self.relay1(topic, **limit)(sink)
         try:
-            measured = await watch(
-                proc, [sink], count, s.max_s, stop_when=lambda _, elapsed: elapsed > s.rate_s + 1
-            )
+            measured = await watch(proc, [sink], count, s.rate_s + 1, startup_s=s.startup_s)
             samples = await sink.samples()
             stats = await sink.stats()
         finally:
@@ -809,7 +817,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--events", type=int, help="backlog size (default 50,000; quick 2,000)")
+    parser.add_argument("--events", type=int, help="backlog size (default 50,000; quick 1,500)")
     parser.add_argument(
         "--scenario",
         action="append",
@@ -829,7 +837,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path
     parser.add_argument(
         "--max-seconds",
         type=float,
-        help="per contender, from its first delivery (default 120; quick 15)",
+        help="per contender, from its first delivery (default 60; quick 4)",
     )
     parser.add_argument(
         "--memory-backlog",
@@ -858,22 +866,24 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path
     args = parser.parse_args(argv)
     if args.quick:
         settings = Settings(
-            events=args.events or 2_000,
+            events=args.events or 1_500,
             concurrency=args.concurrency,
-            max_s=args.max_seconds or 8.0,
-            latency_s=5.0,
-            latency_warmup_s=2.0,
+            max_s=args.max_seconds or 4.0,
+            latency_s=4.0,
+            latency_warmup_s=1.0,
             latency_contenders=("relay1",),
-            memory_backlogs=tuple(args.memory_backlog or (2_000, 20_000)),
-            memory_s=5.0,
-            rate_s=5.0,
+            latencies_ms=(0,),
+            memory_backlogs=tuple(args.memory_backlog or (1_500, 15_000)),
+            memory_s=4.0,
+            rate_s=4.0,
+            startup_s=30.0,
         )
         output = args.output
     else:
         settings = Settings(
             events=args.events or 50_000,
             concurrency=args.concurrency,
-            max_s=args.max_seconds or 120.0,
+            max_s=args.max_seconds or 60.0,
             memory_backlogs=tuple(args.memory_backlog or (10_000, 1_000_000)),
         )
         output = args.output or RESULTS

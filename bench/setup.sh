@@ -30,9 +30,13 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
             chmod +x /usr/sbin/policy-rc.d
             made_policy=1
         fi
-        trap '[ -n "$made_policy" ] && rm -f /usr/sbin/policy-rc.d' EXIT
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null
+        status=0
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends nginx-light >/dev/null || status=$?
+        if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+        if [ "$status" != 0 ]; then
+            echo "bench/setup.sh: nginx-light did not install: nginx sink unavailable" >&2
+        fi
     else
         echo "bench/setup.sh: nginx not installed (not root or no apt-get): nginx sink unavailable" >&2
     fi
