@@ -39,9 +39,7 @@ class Relay:
     ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
-        self.metrics.build_info.info(
-            {"version": __version__, "git_sha": os.environ.get("GIT_SHA", "unknown")}
-        )
+        self.metrics.build_info.labels(__version__, os.environ.get("GIT_SHA", "unknown")).set(1)
         enabled = config.enabled_vendors()
         unknown = sorted(set(vendors or ()) - set(enabled))
         if unknown:

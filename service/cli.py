@@ -11,6 +11,8 @@ from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from service.config import load_config, summary
 from service.errors import ConfigError
 
@@ -49,14 +51,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the relay until SIGTERM/SIGINT, then drain and exit 0."""
     from service.app import Relay
 
-    config = load_config(_config_path(args))
+    path = _config_path(args)
+    config = load_config(path)
+    if args.http_port is not None or args.http_host is not None:
+        http = msgspec.structs.replace(
+            config.http,
+            port=config.http.port if args.http_port is None else args.http_port,
+            host=config.http.host if args.http_host is None else args.http_host,
+        )
+        config = msgspec.structs.replace(config, http=http)
     _setup_logging(args.log_level)
-    try:
-        relay = Relay(config, vendors=args.vendor or None)
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
+    unknown = sorted(set(args.vendor or ()) - set(config.enabled_vendors()))
+    if unknown:
+        print(f"--vendor {', '.join(unknown)}: not an enabled vendor", file=sys.stderr)
         return 2
-    return _run_async(relay.run())
+    workers = config.workers if args.workers is None else args.workers
+    if workers > 1:
+        from service.workers import Supervisor
+
+        return _run_async(Supervisor(config, path, workers, args.vendor).run())
+    return _run_async(Relay(config, vendors=args.vendor or None).run())
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -206,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--vendor", action="append", help="run only this vendor's pipeline (repeatable)"
     )
     run.add_argument("--log-level", default=os.environ.get("RELAY_LOG_LEVEL", "info"))
+    run.add_argument(
+        "--workers",
+        type=int,
+        help="relay processes in this container (default: the config's `workers`, 1)",
+    )
+    run.add_argument("--http-port", type=int, help="override http.port")
+    run.add_argument("--http-host", help="override http.host")
     run.set_defaults(func=cmd_run)
 
     dev = sub.add_parser("dev", help="embedded broker, sandboxes, relay and demo traffic")

@@ -94,6 +94,8 @@ class Config(Strict, frozen=True):
     # Optional shared state: global rate limits, Retry-After pauses and the dedup store.
     redis: RedisConfig | None = None
     dedup: DedupConfig = DedupConfig()
+    # Relay processes in this container (`run --workers N` overrides): one per core.
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
 
     def enabled_vendors(self) -> dict[str, VendorConfig]:
         """The vendors that get a pipeline."""

@@ -1,12 +1,16 @@
 """Every metric of conversion-relay, defined once, on a registry passed in.
 
+With `--workers N` each worker process writes its values to PROMETHEUS_MULTIPROC_DIR and the
+supervisor serves them merged; each gauge says how (`multiprocess_mode`): in-flight, lag and
+partitions add up over workers, states (paused, breaker, fallback) take the worst.
+
 Labels are a small fixed set (vendor, outcome, reason, topic, partition, status_class); no event
 ids or other unbounded values ever become labels.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 PREFIX = "conversion_relay"
 # HTTP round trips to vendors: 5 ms to 30 s.
@@ -50,8 +54,13 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         p = PREFIX
-        self.build_info = Info(
-            f"{p}_build", "Version and git sha of the running relay.", registry=r
+        # A gauge of 1 rather than an Info: Info does not work across worker processes.
+        self.build_info = Gauge(
+            f"{p}_build_info",
+            "Version and git sha of the running relay (always 1).",
+            ["version", "git_sha"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.events_consumed = Counter(
             f"{p}_events_consumed_total",
@@ -108,12 +117,14 @@ class Metrics:
             "Records fetched and not yet terminal, per vendor.",
             ["vendor"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.paused = Gauge(
             f"{p}_paused",
             "1 while a vendor pipeline has paused fetching (in-flight cap).",
             ["vendor"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.dlq_writes = Counter(
             f"{p}_dlq_writes_total",
@@ -144,18 +155,21 @@ class Metrics:
             "Partitions currently assigned, per vendor group.",
             ["vendor"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.consumer_lag = Gauge(
             f"{p}_consumer_lag",
             "High watermark minus committed offset, per vendor group.",
             ["vendor", "topic", "partition"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.ratelimit_fallback = Gauge(
             f"{p}_ratelimit_fallback",
             "1 while the shared (Redis) rate limit is unreachable and this replica limits alone.",
             ["vendor"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.ratelimit_wait_seconds = Counter(
             f"{p}_ratelimit_wait_seconds_total",
@@ -174,10 +188,12 @@ class Metrics:
             "Requests a vendor may have in flight now (adaptive).",
             ["vendor"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.breaker_state = Gauge(
             f"{p}_breaker_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
             ["vendor"],
             registry=r,
+            multiprocess_mode="livemax",
         )

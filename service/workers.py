@@ -1,0 +1,216 @@
+"""`run --workers N`: N relay processes in one container, so one pod uses all its cores.
+
+Each worker is a plain `conversion-relay run` (a member of the same consumer groups, so Kafka
+splits the partitions between them) with its HTTP server on a private loopback port. The
+supervisor serves the configured port: /metrics merged from every worker by prometheus_client's
+multiprocess mode, /livez and /readyz true only when every worker is, /status per worker. A
+worker that dies is restarted; SIGTERM is passed on and each worker drains on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from service.config import Config
+from service.embedded import free_port
+
+log = logging.getLogger("conversion_relay.workers")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_RESTART_DELAY_S = 1.0
+
+
+class Worker:
+    """One relay process and its private HTTP port."""
+
+    def __init__(self, index: int, args: Sequence[str], env: dict[str, str]) -> None:
+        self.index = index
+        self.port = free_port()
+        self._args = [*args, "--http-host", "127.0.0.1", "--http-port", str(self.port)]
+        self._env = env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        """Launch the process; its output goes to the supervisor's stdout and stderr."""
+        self.process = subprocess.Popen(self._args, env=self._env)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the process runs."""
+        return self.process is not None and self.process.poll() is None
+
+    def terminate(self) -> None:
+        """Ask the worker to drain and stop."""
+        if self.alive:
+            assert self.process is not None
+            self.process.send_signal(signal.SIGTERM)
+
+
+class Supervisor:
+    """Starts, watches and stops the workers; serves their merged health and metrics."""
+
+    def __init__(
+        self, config: Config, config_path: str, workers: int, vendors: Sequence[str] | None = None
+    ) -> None:
+        self.config = config
+        self._dir = Path(tempfile.mkdtemp(prefix="conversion-relay-metrics-"))
+        env = {**os.environ, MULTIPROC_ENV: str(self._dir)}
+        args = [sys.executable, "-m", "service", "run", "--config", config_path, "--workers", "1"]
+        for vendor in vendors or ():
+            args += ["--vendor", vendor]
+        self.workers = [Worker(i, args, env) for i in range(workers)]
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        """Pass SIGTERM on to every worker."""
+        self._stop.set()
+        for worker in self.workers:
+            worker.terminate()
+
+    async def _get(
+        self, session: aiohttp.ClientSession, worker: Worker, path: str
+    ) -> tuple[int, Any]:
+        try:
+            async with session.get(f"http://127.0.0.1:{worker.port}{path}") as resp:
+                return resp.status, await resp.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return 503, {"error": f"worker {worker.index} unreachable: {type(exc).__name__}"}
+
+    def make_app(self) -> web.Application:
+        """The supervisor's endpoints."""
+
+        async def livez(request: web.Request) -> web.Response:
+            dead = [w.index for w in self.workers if not w.alive]
+            status = 503 if dead else 200
+            return web.json_response(
+                {"live": not dead, "dead_workers": dead}, status=status, dumps=_dumps
+            )
+
+        async def readyz(request: web.Request) -> web.Response:
+            if self._stop.is_set():
+                return web.json_response(
+                    {"ready": False, "reasons": {"relay": "shutting down"}},
+                    status=503,
+                    dumps=_dumps,
+                )
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+                answers = await asyncio.gather(
+                    *(self._get(session, w, "/readyz") for w in self.workers)
+                )
+            reasons = {
+                f"worker {w.index}": body
+                for w, (status, body) in zip(self.workers, answers, strict=True)
+                if status != 200
+            }
+            if reasons:
+                return web.json_response(
+                    {"ready": False, "reasons": reasons}, status=503, dumps=_dumps
+                )
+            return web.json_response({"ready": True}, dumps=_dumps)
+
+        async def metrics(request: web.Request) -> web.Response:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=str(self._dir))  # type: ignore[no-untyped-call]
+            return web.Response(
+                body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            )
+
+        async def status(request: web.Request) -> web.Response:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+                answers = await asyncio.gather(
+                    *(self._get(session, w, "/status") for w in self.workers)
+                )
+            return web.json_response(
+                {
+                    "workers": [
+                        {
+                            "index": w.index,
+                            "pid": w.process.pid if w.process else None,
+                            "restarts": w.restarts,
+                            **body,
+                        }
+                        for w, (_, body) in zip(self.workers, answers, strict=True)
+                    ]
+                },
+                dumps=_dumps,
+            )
+
+        app = web.Application()
+        app.router.add_get("/livez", livez)
+        app.router.add_get("/readyz", readyz)
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/status", status)
+        return app
+
+    async def _watch(self) -> None:
+        """Restart workers that die while the supervisor is not stopping."""
+        while not self._stop.is_set():
+            for worker in self.workers:
+                if worker.process is not None and not worker.alive and not self._stop.is_set():
+                    pid = worker.process.pid
+                    mark_process_dead(pid, str(self._dir))  # type: ignore[no-untyped-call]
+                    log.warning(
+                        "worker %d (pid %d) exited with %s; restarting",
+                        worker.index,
+                        pid,
+                        worker.process.returncode,
+                    )
+                    worker.restarts += 1
+                    await asyncio.sleep(_RESTART_DELAY_S)
+                    worker.start()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 0.5)
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT; exit 0 when every worker drained cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(
+            runner, self.config.http.host, self.config.http.port, reuse_address=True
+        ).start()
+        for worker in self.workers:
+            worker.start()
+        log.info("started %d workers", len(self.workers))
+        try:
+            await self._watch()
+            return await self._wait_workers()
+        finally:
+            await runner.cleanup()
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    async def _wait_workers(self) -> int:
+        grace_s = self.config.pipeline.shutdown_grace_s + 10
+        deadline = asyncio.get_running_loop().time() + grace_s
+        while any(w.alive for w in self.workers):
+            if asyncio.get_running_loop().time() > deadline:
+                for worker in self.workers:
+                    if worker.alive and worker.process is not None:
+                        worker.process.kill()
+                return 1
+            await asyncio.sleep(0.1)
+        codes = [w.process.returncode for w in self.workers if w.process is not None]
+        return 0 if all(code == 0 for code in codes) else 1
+
+
+def _dumps(data: Any) -> str:
+    return orjson.dumps(data).decode()

@@ -1,0 +1,53 @@
+"""`run --workers N`: several relay processes in one container behind one HTTP port."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+
+import aiohttp
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.demo import sample_lines
+from service.publish import publish
+from tests.conftest import goal_reach_vendor, relay_config, wait_for
+
+
+async def test_two_workers_share_partitions_and_report_merged_metrics(
+    broker, topics, sandbox_factory, relay_process
+):
+    """Two workers split the partitions, deliver everything once, and /metrics sums them."""
+    si = await sandbox_factory()
+    config = relay_config(broker, topics, {"sustain_impact": goal_reach_vendor(si)})
+    relay = relay_process(config, extra_args=["--workers", "2"])
+    relay.start()
+    await relay.wait_ready(timeout_s=60)
+    lines = list(sample_lines(1000))
+    await publish(broker.bootstrap, topics.source, lines)
+    events = [orjson.loads(line) for line in lines]
+    want = Counter(
+        e["customer"]["ids"]["sustain_impact"]
+        for e in events
+        if e["goal"] in ("purchase", "signup")
+    )
+    await wait_for(lambda: len(si.accepted) >= sum(want.values()), 60, "every delivery")
+    assert Counter(p["CustomerId"] for p in si.payloads()) == want
+    url = f"http://127.0.0.1:{relay.http_port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/status") as resp:
+            workers = (await resp.json())["workers"]
+        async with session.get(f"{url}/metrics") as resp:
+            text = await resp.text()
+    owned = [set(w["vendors"]["sustain_impact"]["assigned_partitions"]) for w in workers]
+    assert len(owned) == 2
+    assert owned[0] and owned[1] and not owned[0] & owned[1]
+    delivered = sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "conversion_relay_deliveries_total" and s.labels["outcome"] == "delivered"
+    )
+    assert delivered == len(si.accepted)
+    relay.signal(signal.SIGTERM)
+    assert await relay.wait_exit(60) == 0, relay.logs()
