@@ -6,7 +6,7 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
-.PHONY: run test lint typecheck unit bench clean env
+.PHONY: run test lint typecheck unit bench clean env tools
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -26,7 +26,12 @@ lint: env
 	$(VENV)/bin/ruff format --check service tests
 	$(VENV)/bin/mypy
 
-test: env lint
+# promtool (for the alert-rule tests) from Debian's prometheus package when root and apt exist;
+# otherwise the script says why and those two tests skip with that reason.
+tools:
+	bash scripts/install-promtool.sh
+
+test: env lint tools
 	$(VENV)/bin/pytest
 
 unit: env
