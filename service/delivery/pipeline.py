@@ -276,12 +276,13 @@ class VendorPipeline:
             self._active[work.tp] = self._active.get(work.tp, 0) + 1
             try:
                 await self._process(work)
-            except Exception:  # a bug must not kill the worker or lose the record
+            except Exception as exc:  # a bug must neither kill the worker nor lose the record
                 log.exception(
-                    "unexpected error; record will be redelivered",
+                    "unexpected error; the record is retried, then dead-lettered",
                     extra={"vendor": self.vendor, "offset": work.record.offset},
                 )
-                self.last_error = "internal error (see logs)"
+                self.last_error = f"internal error: {exc!r}"[:300]
+                await self._internal_error(work, exc)
             finally:
                 self._active[work.tp] -= 1
                 self._progress.set()
@@ -312,6 +313,19 @@ class VendorPipeline:
             return
         self._retried.inc()
         self._schedule(work, delay_s)
+
+    async def _internal_error(self, work: Work, exc: Exception) -> None:
+        """Retry the record like a transient failure; past its budget, dead-letter it."""
+        outcome = Outcome(kind=OutcomeKind.RETRY, reason="internal_error", detail=repr(exc))
+        attempts = work.attempts
+        attempts.count += 1  # the failure spends an attempt, so a lasting bug ends in the DLQ
+        attempts.last_at_s = datetime.now(UTC).timestamp()
+        attempts.first_at_s = attempts.first_at_s or attempts.last_at_s
+        delay_s = self._sender.retry_delay_s(outcome, work.attempts)
+        if delay_s is None:
+            await self._dead_letter(work, "retries_exhausted", outcome)
+        else:
+            self._schedule(work, delay_s)
 
     async def _prepare(self, work: Work) -> VendorRequest | None:
         """Decode, route and build; None when the record became terminal on the way."""

@@ -266,3 +266,30 @@ async def test_two_relays_in_one_group_share_partitions_and_deliver_everything(
         relay.signal(signal.SIGTERM)
     for relay in relays:
         assert await relay.wait_exit() == 0
+
+
+async def test_an_unexpected_error_is_retried_and_never_stalls_the_partition(
+    broker, topics, sandbox_factory, run_relay
+):
+    """A bug while handling a record retries it like a transient failure; the rest flows on."""
+    si = await sandbox_factory()
+    relay = await run_relay(relay_config(broker, topics, {"sustain_impact": goal_reach_vendor(si)}))
+    pipeline = relay.pipelines["sustain_impact"]
+    adapter = pipeline._adapter
+    real_build = adapter.build
+    failures = []
+
+    def flaky_build(event, route):
+        if len(failures) < 2:
+            failures.append(event.event_id)
+            raise RuntimeError("simulated bug")
+        return real_build(event, route)
+
+    adapter.build = flaky_build
+    lines = list(sample_lines(30))
+    await publish(broker.bootstrap, topics.source, lines)
+    want = _expected(_events(lines), "sustain_impact", {"purchase", "signup"})
+    await wait_for(lambda: len(si.accepted) >= sum(want.values()), 30, "every delivery")
+    await wait_for(lambda: pipeline.in_flight == 0, 10, "all terminal")
+    assert len(failures) == 2
+    assert Counter(p["CustomerId"] for p in si.payloads()) == want
