@@ -149,7 +149,6 @@ def to_row(
     measured: Measured,
     expected: int,
     events_total: int | None = None,
-    expected_events: int | None = None,
 ) -> Row:
     """A table row from a measurement; events/s is deliveries/s unless a fan-out is given."""
     rate = measured.rate
