@@ -39,7 +39,7 @@ unit: env
 
 # Benchmarks (not part of `make test`): bench/README.md. BENCH_ARGS="--quick" for a smoke run.
 bench: env
-	bash bench/setup.sh
+	VENV=$(VENV) bash bench/setup.sh
 	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)
 
 clean:

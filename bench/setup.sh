@@ -8,11 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FASTSTREAM_PIN="faststream[kafka]==0.7.8"
-VENV_PY=".venv/bin/python"
+VENV_PY="${VENV:-.venv}/bin/python"
 UV=".tools/bin/uv"
 
 if ! "$VENV_PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('faststream') != '0.7.8')" 2>/dev/null; then
-    echo "bench/setup.sh: installing $FASTSTREAM_PIN into .venv"
+    echo "bench/setup.sh: installing $FASTSTREAM_PIN into ${VENV:-.venv}"
     if [ -x "$UV" ]; then
         "$UV" pip install --quiet --python "$VENV_PY" "$FASTSTREAM_PIN"
     else
