@@ -171,6 +171,8 @@ def install_signal_handlers() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupt)
+    # Also when started in the background with SIGINT ignored (as non-interactive shells do).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def wait_port(port: int, timeout_s: float, proc: Proc | None = None) -> None:
