@@ -126,6 +126,19 @@ class Ledger:
             v: sum(n - 1 for n in self.received(v, sandboxes[v]).values()) for v in self.expected
         }
 
+    def repeated_first_seen(self, sandboxes: dict[str, Sandbox]) -> list[float]:
+        """For each accepted request beyond an event's first, when that event first arrived."""
+        times = []
+        for vendor in self.expected:
+            first: dict[str, float] = {}
+            for received in list(sandboxes[vendor].accepted):
+                event_id = self.event_id(vendor, received.payload)
+                if event_id in first:
+                    times.append(first[event_id])
+                else:
+                    first[event_id] = received.at_s
+        return times
+
 
 async def http_status(port: int, path: str, timeout_s: float = 2.0) -> int | None:
     """The status of GET path on the relay's HTTP port, or None when it does not answer."""
