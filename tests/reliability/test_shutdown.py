@@ -1,0 +1,98 @@
+"""Shutdown: SIGTERM mid-burst drains, commits and exits 0; a restart repeats nothing."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import orjson
+
+from service.demo import sample_lines
+from service.publish import publish
+from tests.conftest import committed_offsets, read_topic, relay_config
+from tests.reliability.conftest import (
+    THREE_VENDORS,
+    Ledger,
+    http_json,
+    poll_until,
+    report,
+    three_sandboxes,
+    three_vendor_sections,
+)
+
+EVENTS = 6_000
+MAX_IN_FLIGHT = 300
+GRACE_S = 10.0
+
+
+async def test_sigterm_mid_burst_drains_in_flight_commits_exits_zero_and_restart_repeats_nothing(
+    broker, topics, sandbox_factory, relay_process, record_property
+):
+    """SIGTERM mid-burst: in-flight deliveries finish within the grace period, offsets cover
+    them, exit 0; the next process repeats at most the in-flight window (dedup off)."""
+    sandboxes = await three_sandboxes(sandbox_factory)
+    for sandbox in sandboxes.values():
+        sandbox.faults.latency_s = 0.02
+        sandbox.faults.latency_jitter_s = 0.06
+    config = relay_config(
+        broker,
+        topics,
+        three_vendor_sections(sandboxes),
+        pipeline={"max_in_flight": MAX_IN_FLIGHT, "shutdown_grace_s": GRACE_S},
+        dedup={"enabled": False},
+    )
+    lines = list(sample_lines(EVENTS, seed=31))
+    ledger = Ledger.of(lines, THREE_VENDORS)
+    first = relay_process(config)
+    first.start()
+    await first.wait_ready(60)
+    await publish(broker.bootstrap, topics.source, lines)
+    await poll_until(
+        lambda: all(len(s.accepted) >= 500 for s in sandboxes.values()),
+        60,
+        "a burst in flight",
+        0.05,
+    )
+    status = await http_json(first.http_port, "/status")
+    in_flight = {v: status["vendors"][v]["in_flight"] for v in THREE_VENDORS}
+    assert all(n > 0 for n in in_flight.values()), in_flight
+    first.signal(signal.SIGTERM)
+    sigterm_at = time.monotonic()
+    assert await first.wait_exit(GRACE_S + 20) == 0, first.logs()
+    drain_s = time.monotonic() - sigterm_at
+    assert drain_s < GRACE_S + 5, drain_s
+    assert "grace period over" not in first.logs()
+    before = {v: ledger.received(v, s) for v, s in sandboxes.items()}
+    assert all(n == 1 for counts in before.values() for n in counts.values())
+
+    # Every delivered event's offset is committed, for each vendor's group.
+    records = await read_topic(broker.bootstrap, topics.source, EVENTS, timeout_s=60)
+    assert len(records) == EVENTS
+    prefix = config["kafka"]["group_prefix"]
+    for vendor in THREE_VENDORS:
+        committed = await committed_offsets(
+            broker.bootstrap, f"{prefix}.{vendor}", topics.source, topics.partitions
+        )
+        for record in records:
+            event_id = orjson.loads(record.value)["event_id"]
+            if event_id in before[vendor]:
+                assert record.offset < committed[record.partition], (vendor, record.partition)
+
+    for sandbox in sandboxes.values():
+        sandbox.faults.latency_s = sandbox.faults.latency_jitter_s = 0.0  # the rest, quickly
+    second = relay_process(config)
+    second.start()
+    await second.wait_ready(60)
+    await poll_until(lambda: ledger.complete(sandboxes), 120, "every event after the restart")
+    for vendor, sandbox in sandboxes.items():
+        assert set(ledger.received(vendor, sandbox)) == ledger.expected[vendor]
+        assert not sandbox.refused, (vendor, sandbox.refused[:1])
+    repeats = ledger.duplicates(sandboxes)
+    assert all(n <= MAX_IN_FLIGHT for n in repeats.values()), repeats
+    report(
+        record_property,
+        shutdown_in_flight_at_sigterm=in_flight,
+        shutdown_delivered_before_exit={v: len(c) for v, c in before.items()},
+        shutdown_drain_seconds=round(drain_s, 2),
+        shutdown_repeats_after_restart=repeats,
+    )
