@@ -140,8 +140,58 @@ def _nginx_version() -> str:
     return (done.stderr or done.stdout).strip().removeprefix("nginx version: ")
 
 
-def machine(load_before: tuple[float, float, float]) -> list[str]:
+def busy_s() -> float:
+    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
+    with open("/proc/stat", encoding="utf-8") as handle:
+        fields = [int(v) for v in handle.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of the harness and every child it has waited for (their children included)."""
+    import resource
+
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+@dataclass
+class Noise:
+    """How busy the machine was with other work while the benchmark ran."""
+
+    load_before: tuple[float, float, float]
+    wall_start: float
+    busy_start: float
+    own_start: float
+
+    @classmethod
+    def start(cls) -> Noise:
+        """Take the readings at the start of a run."""
+        import time
+
+        return cls(os.getloadavg(), time.monotonic(), busy_s(), own_cpu_s())
+
+    def others_line(self) -> str:
+        """CPU used by processes that are not the benchmark's, over the run."""
+        import time
+
+        wall_s = time.monotonic() - self.wall_start
+        others_s = max(0.0, (busy_s() - self.busy_start) - (own_cpu_s() - self.own_start))
+        cores = os.cpu_count() or 1
+        return (
+            f"- CPU used by other processes during the run: {others_s:,.0f} s over "
+            f"{wall_s:,.0f} s ({others_s / (wall_s * cores) * 100:.1f} % of the machine; "
+            "above a few % the figures are noisy)"
+        )
+
+
+def machine(noise: Noise) -> list[str]:
     """The machine and software the figures were measured on."""
+    load_before = noise.load_before
     load_after = os.getloadavg()
     libs = ", ".join(
         f"{d} {_version(d)}"
@@ -163,4 +213,5 @@ def machine(load_before: tuple[float, float, float]) -> list[str]:
         f"nginx {_nginx_version()}; conversion-relay {_version('conversion-relay')}",
         f"- load average (1/5/15 min) before: {' / '.join(f'{v:.2f}' for v in load_before)}, "
         f"after: {' / '.join(f'{v:.2f}' for v in load_after)}",
+        noise.others_line(),
     ]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ import aiohttp
 
 from bench import kafka, relay
 from bench.procs import Proc, Usage, install_signal_handlers, python_module, stop_all
-from bench.report import Row, Section, machine, mib, num, throughput_section
+from bench.report import Noise, Row, Section, machine, mib, num, throughput_section
 from bench.sinks import NginxSink, SandboxSink, Sink, SinkStats, nginx_binary, total_stats
 from bench.workload import VENDOR
 from service.config import parse_config
@@ -784,7 +783,7 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
 
 async def run(settings: Settings, scenarios: list[str]) -> str:
     """Run the scenarios and write the report."""
-    load_before = os.getloadavg()
+    noise = Noise.start()
     work = Path(tempfile.mkdtemp(prefix="conversion-relay-bench-"))
     print(f"logs and configs: {work}", flush=True)
     broker = EmbeddedBroker(log_path=work / "broker.log")
@@ -822,7 +821,7 @@ async def run(settings: Settings, scenarios: list[str]) -> str:
             "",
             "Produced by `python -m bench.run` (bench/README.md explains every figure).",
             "",
-            *machine(load_before),
+            *machine(noise),
             f"- command: `python -m bench.run {' '.join(sys.argv[1:])}`",
             "",
             *(section.markdown() for section in bench.report.sections),
