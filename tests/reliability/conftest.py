@@ -1,13 +1,21 @@
-"""Fault-drill helpers: three-vendor setups, who-got-what accounting, HTTP probes, a dedicated
-broker, paced publishing and a metrics scrape. Everything real: Tansu, aiokafka, strict sandboxes.
+"""Fault-drill helpers: three-vendor setups, who-got-what accounting, HTTP probes, a durable
+broker (Tansu on S3 storage over a local moto), paced publishing and a metrics scrape. Everything
+real: Tansu, aiokafka, strict sandboxes, relay subprocesses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +26,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.embedded import EmbeddedBroker
+from service.embedded import broker_binary, free_port
 from service.sandbox.altcraft import AltcraftContract
 from service.sandbox.base import Sandbox
 from tests.conftest import GOAL_PURCHASE, GOAL_SIGNUP, goal_reach_vendor
@@ -212,13 +220,118 @@ async def publish_paced(
         await producer.stop()
 
 
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
-    """A broker for one test only (it may be stopped and started on the same port)."""
-    instance = EmbeddedBroker(log_path=tmp_path / "own-tansu.log")
-    instance.start()
-    yield instance
-    instance.stop()
+class MotoS3:
+    """A local S3 (moto's server, PyPI `moto[server]`) on a free loopback port, with one bucket."""
+
+    def __init__(self, workdir: Path, bucket: str = "tansu") -> None:
+        self.port = free_port()
+        self.bucket = bucket
+        self._log_path = workdir / "moto.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The S3 endpoint URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Start the server, wait for it and create the bucket."""
+        if importlib.util.find_spec("moto") is None:
+            pytest.fail("the broker-restart drill needs `moto[server]` (add it to the test extra)")
+        with self._log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                request = urllib.request.Request(f"{self.endpoint}/{self.bucket}", method="PUT")
+                with urllib.request.urlopen(request, timeout=1) as answer:
+                    answer.read()
+                return
+            except OSError:
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"moto did not start: see {self._log_path}") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Stop the server (its buckets go with it)."""
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(10)
+            self._process = None
+
+
+class DurableBroker:
+    """A Tansu broker whose storage is S3 (a local moto), so it can stop and start again on the
+    same port and keep its topics, records and committed offsets, as a real Kafka broker does."""
+
+    def __init__(self, s3: MotoS3, workdir: Path) -> None:
+        self.s3 = s3
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self._log_path = workdir / "tansu-s3.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        """host:port for clients."""
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        """Start the broker on its port and wait until it accepts connections."""
+        url = f"tcp://{self.host}:{self.port}"
+        env = {
+            **os.environ,
+            "RUST_LOG": "warn",
+            "AWS_ACCESS_KEY_ID": "drill",
+            "AWS_SECRET_ACCESS_KEY": "drill",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT": self.s3.endpoint,
+            "AWS_ALLOW_HTTP": "true",
+        }
+        with self._log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [
+                    broker_binary(),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    f"s3://{self.s3.bucket}/",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"broker exited: see {self._log_path}")
+            with contextlib.suppress(OSError):
+                socket.create_connection((self.host, self.port), 0.2).close()
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"broker did not listen on {self.bootstrap}")
+
+    def stop(self) -> None:
+        """Kill the broker process (a crash: Tansu writes each batch to S3 before it answers, so
+        what it acknowledged stays there)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(10)
+            self._process = None
 
 
 def report(record_property: Callable[[str, Any], None], **figures: Any) -> None:
