@@ -77,8 +77,10 @@ class Relay:
             pipeline = self.pipelines.get(name)
             if pipeline is None:
                 reasons[name] = "pipeline not started"
-            elif not pipeline.ready:
+            elif not pipeline.joined:
                 reasons[name] = "consumer has not joined its group"
+            elif not pipeline.ready:
+                reasons[name] = "Kafka group coordinator unreachable"
         return reasons
 
     def status(self) -> dict[str, Any]:

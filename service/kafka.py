@@ -48,3 +48,13 @@ def producer_kwargs(kafka: KafkaConfig) -> dict[str, Any]:
         "enable_idempotence": kafka.enable_idempotence,
         "linger_ms": 5,
     }
+
+
+def coordinator_known(consumer: Any) -> bool:
+    """Whether a group consumer currently knows (and so reaches) its group coordinator.
+
+    aiokafka exposes no public signal for this; its coordinator forgets the coordinator's node
+    when heartbeats or requests to it fail, and finds it again when the broker is back.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    return coordinator is not None and getattr(coordinator, "coordinator_id", None) is not None

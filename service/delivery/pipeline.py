@@ -29,6 +29,7 @@ from service.delivery.dlq import REASONS, DeadLetter, DeadLetterWriter, SourceRe
 from service.delivery.sender import Attempts, Sender
 from service.errors import INVALID_KINDS, EventError, VendorInputError
 from service.events import ConversionEvent, decode_event
+from service.kafka import coordinator_known
 from service.metrics import OUTCOMES, Metrics
 from service.vendors.base import Outcome, OutcomeKind, VendorBase, VendorRequest
 
@@ -165,8 +166,8 @@ class VendorPipeline:
 
     @property
     def ready(self) -> bool:
-        """Joined its group and not shutting down."""
-        return self.joined and not self._stopping.is_set()
+        """Joined its group, in touch with the group coordinator, and not shutting down."""
+        return self.joined and not self._stopping.is_set() and coordinator_known(self._consumer)
 
     @property
     def sender(self) -> Sender:
