@@ -84,27 +84,32 @@ class Ledger:
     expected: dict[str, set[str]] = field(default_factory=dict)
     _by_customer: dict[str, dict[str, str]] = field(default_factory=dict)
 
+    id_keys: dict[str, str] = field(default_factory=dict)
+
     @classmethod
-    def of(cls, lines: Iterable[bytes], vendors: Iterable[str]) -> Ledger:
-        """Index demo events (every goal routed) for the given vendors."""
+    def of(
+        cls, lines: Iterable[bytes], vendors: Iterable[str], id_keys: dict[str, str] | None = None
+    ) -> Ledger:
+        """Index demo events (every goal routed) for the given vendors; `id_keys` names the
+        `customer.ids` key of a goal-reach vendor whose `customer_id_key` is not its name."""
         events = [orjson.loads(line) for line in lines]
-        ledger = cls(events)
+        ledger = cls(events, id_keys={v: v for v in GOAL_REACH_VENDORS} | (id_keys or {}))
         for vendor in vendors:
             ledger.expected[vendor] = {e["event_id"] for e in events if ledger.routed(e, vendor)}
-            if vendor in GOAL_REACH_VENDORS:
+            key = ledger.id_keys.get(vendor)
+            if key is not None:
                 ledger._by_customer[vendor] = {
-                    e["customer"]["ids"][vendor]: e["event_id"]
+                    e["customer"]["ids"][key]: e["event_id"]
                     for e in events
-                    if vendor in e["customer"]["ids"]
+                    if key in e["customer"]["ids"]
                 }
         return ledger
 
-    @staticmethod
-    def routed(event: dict[str, Any], vendor: str) -> bool:
+    def routed(self, event: dict[str, Any], vendor: str) -> bool:
         """Whether the vendor has the identity it needs (every goal is routed in the drills)."""
         if vendor == "altcraft":
             return bool(event["customer"].get("email"))
-        return vendor in event["customer"].get("ids", {})
+        return self.id_keys[vendor] in event["customer"].get("ids", {})
 
     def event_id(self, vendor: str, payload: dict[str, Any]) -> str:
         """The event an accepted request carried."""
@@ -146,6 +151,17 @@ class Ledger:
                 else:
                     first[event_id] = received.at_s
         return times
+
+
+async def take_down(sandbox: Sandbox) -> None:
+    """`go_down()`, and also drop the connections already open: `Sandbox.go_down` only stops
+    listening, so a client with pooled keep-alive connections would go on being served (a
+    sandbox bug, reported; remove this helper once go_down closes them itself)."""
+    await sandbox.go_down()
+    runner = sandbox._runner
+    server = runner.server if runner is not None else None
+    for connection in server.connections if server is not None else ():
+        connection.force_close()
 
 
 async def http_status(port: int, path: str, timeout_s: float = 2.0) -> int | None:
