@@ -214,8 +214,10 @@ NOT_JSON_SENTINEL = ("not valid json",)
 @pytest.mark.xfail(
     strict=True,
     reason="relay bug: msgspec raises RecursionError (not an EventError) for nesting deeper than "
-    "~1000 levels, even in an ignored unknown field; the worker's catch-all logs it and the "
-    "record never becomes terminal: no dead letter, the partition's commit point is stuck",
+    "~1000 levels, even in an ignored unknown field; the worker's catch-all now retries it as "
+    "an internal error and dead-letters it after max_attempts as `retries_exhausted` "
+    "('internal_error: RecursionError(...)'), where it is an invalid event: `invalid_event` at "
+    "once, naming the nesting",
 )
 async def test_a_record_nested_past_the_decoders_recursion_limit_is_dead_lettered_as_invalid(
     broker, topics, sandbox_factory, relay_process
