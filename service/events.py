@@ -83,6 +83,8 @@ def decode_event(raw: bytes | None) -> ConversionEvent:
         raise EventError(str(exc)) from exc
     except msgspec.DecodeError as exc:
         raise EventError(f"not valid JSON: {exc}", kind="not_json") from exc
+    except RecursionError as exc:  # nesting deeper than the decoder's stack, even if ignored
+        raise EventError("not valid JSON: nested too deeply", kind="not_json") from exc
     except UnicodeDecodeError as exc:  # msgspec reports most bad UTF-8 itself
         raise EventError(
             f"invalid UTF-8: {exc.reason} at byte {exc.start}", kind="not_json"

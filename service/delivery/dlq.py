@@ -9,12 +9,14 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import msgspec
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from service.metrics import Metrics
 
 log = logging.getLogger("conversion_relay.dlq")
 RELAY_PREFIX = "relay-"
+# What is kept of a value the DLQ topic refuses as too large.
+TRUNCATED_VALUE_BYTES = 64 * 1024
 # The documented set of dead-letter reasons.
 REASONS = ("invalid_event", "rejected", "retries_exhausted", "expired")
 
@@ -106,15 +108,25 @@ class DeadLetterWriter:
     async def write(self, letter: DeadLetter) -> None:
         """Write one dead letter, retrying until acknowledged (cancellation leaves it unwritten)."""
         headers = dlq_headers(letter, datetime.now(UTC))
+        value = letter.source.value
         backoff_s = self._retry_backoff_s
         while True:
             try:
                 await self._producer.send_and_wait(
-                    self._topic,
-                    value=letter.source.value,
-                    key=letter.source.key,
-                    headers=headers,
+                    self._topic, value=value, key=letter.source.key, headers=headers
                 )
+            except MessageSizeTooLargeError:
+                # Retrying cannot help: keep the letter (and the partition) moving with the value
+                # cut short; the whole record stays in the source topic at relay-source-offset.
+                size = len(value or b"")
+                value = (value or b"")[:TRUNCATED_VALUE_BYTES]
+                headers = [*headers, ("relay-value-truncated-from", str(size).encode())]
+                log.warning(
+                    "dead letter of %d bytes too large for the DLQ; value truncated",
+                    size,
+                    extra={"vendor": letter.vendor, "reason": letter.reason},
+                )
+                continue
             except KafkaError as exc:
                 self._metrics.dlq_write_failures.labels(letter.vendor).inc()
                 log.warning(

@@ -127,6 +127,9 @@ class Sandbox:
         if self._site is not None:
             await self._site.stop()
             self._site = None
+        server = self._runner.server if self._runner is not None else None
+        for connection in list(server.connections) if server is not None else ():
+            connection.force_close()  # pooled keep-alive connections would otherwise be served
 
     async def go_up(self) -> None:
         """Listen again on the same port."""

@@ -1,10 +1,22 @@
-"""Dead-letter headers: the record's story, original headers kept, old relay-* replaced."""
+"""Dead letters: headers tell the record's story (original headers kept, old relay-* replaced),
+and a letter too large for the DLQ topic is written with its value cut short, not retried."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-from service.delivery.dlq import DeadLetter, SourceRecord, dlq_headers
+from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
+from prometheus_client import CollectorRegistry
+
+from service.delivery.dlq import (
+    TRUNCATED_VALUE_BYTES,
+    DeadLetter,
+    DeadLetterWriter,
+    SourceRecord,
+    dlq_headers,
+)
+from service.metrics import Metrics
 
 
 def test_dead_letter_headers_carry_the_whole_story():
@@ -49,3 +61,46 @@ def test_invalid_events_have_no_status_or_attempt_times():
     names = {k for k, _ in dlq_headers(letter, datetime.now(UTC))}
     assert "relay-http-status" not in names and "relay-first-attempt-at" not in names
     assert dict(dlq_headers(letter, datetime.now(UTC)))["relay-attempts"] == b"0"
+
+
+class _Producer:
+    """Refuses values over a size like a broker would, fails the first send, records the rest."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.sent: list[dict[str, Any]] = []
+        self.calls = 0
+
+    async def send_and_wait(self, topic: str, value: bytes | None = None, **kw: Any) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise KafkaConnectionError("broker away")
+        if value is not None and len(value) > self.max_bytes:
+            raise MessageSizeTooLargeError()
+        self.sent.append({"topic": topic, "value": value, **kw})
+
+
+async def test_a_failed_write_is_retried_and_a_too_large_one_truncated():
+    """A broker error is retried; a value the topic refuses is cut to a prefix and marked."""
+    producer = _Producer(max_bytes=100_000)
+    metrics = Metrics(CollectorRegistry())
+    writer = DeadLetterWriter(producer, "dlq", metrics, retry_backoff_s=0.001)
+    big = b"x" * 200_000
+    letter = DeadLetter(
+        vendor="v",
+        reason="invalid_event",
+        error="too large",
+        source=SourceRecord("t", 0, 7, b"k", big),
+    )
+    await writer.write(letter)
+    assert len(producer.sent) == 1
+    sent = producer.sent[0]
+    assert sent["value"] == big[:TRUNCATED_VALUE_BYTES]
+    assert dict(sent["headers"])["relay-value-truncated-from"] == b"200000"
+    assert dict(sent["headers"])["relay-source-offset"] == b"7"
+    assert (
+        metrics.registry.get_sample_value(
+            "conversion_relay_dlq_write_failures_total", {"vendor": "v"}
+        )
+        == 1
+    )

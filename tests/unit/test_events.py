@@ -80,6 +80,7 @@ def test_encode_then_decode_round_trips():
         (_raw(customer={"ids": {"x": 5}}), "schema", "at `$.customer.ids[...]`"),
         (_raw(params={"nested": {"a": 1}}), "schema", "at `$.params[...]`"),
         (_raw(vendors="altcraft"), "schema", "at `$.vendors`"),
+        (_raw()[:-1] + b',"x":' + b"[" * 5000 + b"]" * 5000 + b"}", "not_json", "too deeply"),
     ],
 )
 def test_each_kind_of_invalid_input_names_the_field_and_the_fault(raw, kind, message):
