@@ -141,11 +141,14 @@ def _nginx_version() -> str:
 
 
 def busy_s() -> float:
-    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
+    """CPU seconds every process on the machine has used (user + nice + system), /proc/stat.
+
+    Interrupt and softirq time (loopback networking) are left out: no process is charged for
+    them, so they are not comparable with the processes' own user + system time.
+    """
     with open("/proc/stat", encoding="utf-8") as handle:
-        fields = [int(v) for v in handle.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+        fields = [int(v) for v in handle.readline().split()[1:4]]
+    return sum(fields) / os.sysconf("SC_CLK_TCK")
 
 
 def own_cpu_s() -> float:
@@ -175,24 +178,23 @@ class Noise:
 
         return cls(os.getloadavg(), time.monotonic(), busy_s(), own_cpu_s())
 
-    def others_line(self) -> str:
-        """CPU used by processes that are not the benchmark's, over the run."""
+    def others(self) -> tuple[float, float, float]:
+        """(CPU s used by processes not the benchmark's, wall s, share of the machine)."""
         import time
 
         wall_s = time.monotonic() - self.wall_start
         others_s = max(0.0, (busy_s() - self.busy_start) - (own_cpu_s() - self.own_start))
-        cores = os.cpu_count() or 1
-        return (
-            f"- CPU used by other processes during the run: {others_s:,.0f} s over "
-            f"{wall_s:,.0f} s ({others_s / (wall_s * cores) * 100:.1f} % of the machine; "
-            "above a few % the figures are noisy)"
-        )
+        return others_s, wall_s, others_s / (wall_s * (os.cpu_count() or 1))
+
+
+NOISY_SHARE = 0.05  # other processes' share of the machine above which a run is not comparable
 
 
 def machine(noise: Noise) -> list[str]:
     """The machine and software the figures were measured on."""
     load_before = noise.load_before
     load_after = os.getloadavg()
+    others_s, wall_s, share = noise.others()
     libs = ", ".join(
         f"{d} {_version(d)}"
         for d in (
@@ -205,7 +207,7 @@ def machine(noise: Noise) -> list[str]:
             "prometheus-client",
         )
     )
-    return [
+    lines = [
         f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {os.cpu_count()} cores, {_cpu_model()}, {platform.system()} "
         f"{platform.release()}",
@@ -213,5 +215,13 @@ def machine(noise: Noise) -> list[str]:
         f"nginx {_nginx_version()}; conversion-relay {_version('conversion-relay')}",
         f"- load average (1/5/15 min) before: {' / '.join(f'{v:.2f}' for v in load_before)}, "
         f"after: {' / '.join(f'{v:.2f}' for v in load_after)}",
-        noise.others_line(),
+        f"- CPU used by other processes during the run: {others_s:,.0f} s over {wall_s:,.0f} s "
+        f"({share * 100:.1f} % of the machine)",
     ]
+    if share > NOISY_SHARE:
+        lines.insert(
+            0,
+            f"**Noisy run: other processes used {share * 100:.0f} % of the machine "
+            "while it ran. Do not compare these figures or commit them.**\n",
+        )
+    return lines
