@@ -126,7 +126,8 @@ class CircuitBreaker:
                 self._close()
             return
         self._count(success, now_s)
-        if self._should_trip(now_s):
+        # Only a failure can push the ratio over the threshold; skip the window sum otherwise.
+        if not success and self._should_trip(now_s):
             self._trip(now_s, self.config.cooldown_s)
 
     def retry_in_s(self, now_s: float) -> float:

@@ -34,15 +34,18 @@ _RESOLUTION_S = 1e-9
 
 
 class RateLimitConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A vendor's request rate: `per_s` on average, up to `burst` at once (default one second's)."""
+    """A vendor's request rate: `per_s` on average, up to `burst` at once (default: a tenth of a
+    second's worth, so no one-second window ever sees more than 1.1 × per_s)."""
 
     per_s: Annotated[float, msgspec.Meta(gt=0)]
     burst: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
     @property
     def burst_requests(self) -> int:
-        """The bucket size: `burst` if set, else max(1, per_s) rounded down."""
-        return self.burst if self.burst is not None else max(1, int(self.per_s))
+        """The bucket size: `burst` if set, else max(1, per_s / 10) rounded down."""
+        # A full second's burst would let the first second carry 2 × per_s, which vendors
+        # counting per second answer with 429s.
+        return self.burst if self.burst is not None else max(1, int(self.per_s / 10))
 
     @property
     def emission_interval_s(self) -> float:

@@ -140,15 +140,13 @@ class VendorPipeline:
         self.joined = False
         self.last_error = ""
         # Create every label set up front, so the first increment shows in rate()/increase().
-        for outcome in OUTCOMES:
-            metrics.deliveries.labels(vendor, outcome)
+        self._outcomes = {o: metrics.deliveries.labels(vendor, o) for o in OUTCOMES}
         for reason in REASONS:
             metrics.dlq_writes.labels(vendor, reason)
         for kind in INVALID_KINDS:
             metrics.events_invalid.labels(vendor, kind)
-        for reason in SKIP_REASONS:
-            metrics.skipped.labels(vendor, reason)
-        metrics.events_decoded.labels(vendor)
+        self._skips = {r: metrics.skipped.labels(vendor, r) for r in SKIP_REASONS}
+        self._decoded = metrics.events_decoded.labels(vendor)
         metrics.rebalances.labels(vendor)
         metrics.assigned_partitions.labels(vendor)
         metrics.ratelimit_wait_seconds.labels(vendor)
@@ -158,8 +156,8 @@ class VendorPipeline:
         metrics.dlq_write_failures.labels(vendor)
         self._in_flight_gauge = metrics.in_flight.labels(vendor)
         self._paused_gauge = metrics.paused.labels(vendor)
-        self._delivered = metrics.deliveries.labels(vendor, "delivered")
-        self._retried = metrics.deliveries.labels(vendor, "retried")
+        self._delivered = self._outcomes["delivered"]
+        self._retried = self._outcomes["retried"]
         self._e2e = metrics.end_to_end_latency.labels(vendor)
 
     # ---- state -------------------------------------------------------------------------------
@@ -348,7 +346,7 @@ class VendorPipeline:
         except EventError as error:
             await self._invalid(work, error)
             return None
-        self._metrics.events_decoded.labels(self.vendor).inc()
+        self._decoded.inc()
         work.event = event
         decision = route_event(
             event,
@@ -359,18 +357,18 @@ class VendorPipeline:
             self._now(),
         )
         if isinstance(decision, Skip):
-            self._metrics.skipped.labels(self.vendor, decision.reason).inc()
-            self._metrics.deliveries.labels(self.vendor, "skipped").inc()
+            self._skips[decision.reason].inc()
+            self._outcomes["skipped"].inc()
             self._complete(work)
             return None
         if isinstance(decision, Expired):
             error_text = f"event is {decision.age_s:.0f}s old, over max_event_age_s"
             await self._write_dead_letter(work, "expired", error_text, None)
-            self._metrics.deliveries.labels(self.vendor, "expired").inc()
+            self._outcomes["expired"].inc()
             return None
         if self._dedup is not None and await self._dedup.seen(self.vendor, event.event_id):
             # Delivered before (a rebalance, crash or replay brought it back): not again.
-            self._metrics.deliveries.labels(self.vendor, "deduplicated").inc()
+            self._outcomes["deduplicated"].inc()
             self._complete(work)
             return None
         try:
@@ -417,7 +415,7 @@ class VendorPipeline:
         outcome_text = f"{outcome.reason}: {outcome.detail}".strip(": ") if outcome else ""
         status = outcome.status if outcome else None
         outcome_label = "rejected" if reason == "rejected" else "dead_lettered"
-        self._metrics.deliveries.labels(self.vendor, outcome_label).inc()
+        self._outcomes[outcome_label].inc()
         await self._write_dead_letter(work, reason, error or outcome_text, status)
 
     async def _write_dead_letter(

@@ -111,6 +111,7 @@ class Sender:
         self._duration = metrics.request_duration.labels(vendor)
         self._breaker_gauge = metrics.breaker_state.labels(vendor)
         self._breaker_gauge.set(0)
+        self._shown_state = BreakerState.CLOSED
         self._limit_gauge = metrics.concurrency_limit.labels(vendor)
         self._limit_gauge.set(self.concurrency.limit)
 
@@ -173,16 +174,22 @@ class Sender:
         if breaker is None:
             return
         while not breaker.allow(self._monotonic()):
-            self._breaker_gauge.set(breaker.state.gauge_value)
+            self._show_breaker(breaker.state)
             await asyncio.sleep(min(1.0, max(0.05, breaker.retry_in_s(self._monotonic()))))
-        self._breaker_gauge.set(breaker.state.gauge_value)
+        self._show_breaker(breaker.state)
+
+    def _show_breaker(self, state: BreakerState) -> None:
+        """Update the gauge only on a change (this runs for every request)."""
+        if state is not self._shown_state:
+            self._shown_state = state
+            self._breaker_gauge.set(state.gauge_value)
 
     async def _observe(self, outcome: Outcome, rtt_s: float) -> None:
         """Feed the breaker and the AIMD controller; turn a Retry-After into a vendor pause."""
         now_s = self._monotonic()
         if self.breaker is not None:
             self.breaker.record(not is_outage(outcome), now_s)
-            self._breaker_gauge.set(self.breaker.state.gauge_value)
+            self._show_breaker(self.breaker.state)
         if self._gate is not None:
             limit = self.concurrency.observe(rtt_s, is_overload(outcome), now_s, self._gate.active)
             if limit != self._gate.limit:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -20,7 +21,6 @@ from service.events import ConversionEvent, ParamValue
 from service.vendors.base import Outcome, Route, VendorBase, VendorRequest, VendorResponse
 
 PATH = "/outer/v1.0/goal/reach"
-CREATED_ON_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 _HEADERS = {"Content-Type": "application/json"}
 
 
@@ -65,10 +65,17 @@ def _params(params: Mapping[str, ParamValue | None]) -> dict[str, str]:
 
 def created_on_utc(moment: datetime) -> str:
     """Format a moment the way the doc's example does: `2022-10-27 12:23:25.367999`."""
-    return moment.astimezone(UTC).strftime(CREATED_ON_FORMAT)
+    # isoformat is C code and several times faster than strftime on this per-event path.
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+# The canonical hyphenated form; anything else goes through uuid.UUID (slower, rarer).
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def _uuid_text(value: str, field: str) -> str:
+    if _UUID.fullmatch(value):
+        return value
     try:
         return str(uuid.UUID(value))
     except ValueError as exc:

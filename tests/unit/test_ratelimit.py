@@ -164,9 +164,10 @@ def test_a_greedy_poller_gets_the_full_rate(per_s: float, burst: int, duration_s
     assert per_s * duration_s <= admitted <= burst + per_s * duration_s + 1
 
 
-def test_config_default_burst_is_one_second_of_rate() -> None:
-    """Without `burst`, the bucket holds max(1, per_s) requests."""
-    assert RateLimitConfig(per_s=10.0).burst_requests == 10
+def test_config_default_burst_is_a_tenth_of_a_second_of_rate() -> None:
+    """Without `burst`, the bucket holds max(1, per_s / 10) requests."""
+    assert RateLimitConfig(per_s=10.0).burst_requests == 1
+    assert RateLimitConfig(per_s=200.0).burst_requests == 20
     assert RateLimitConfig(per_s=0.5).burst_requests == 1
     assert RateLimitConfig(per_s=10.0, burst=3).burst_requests == 3
     assert RateLimitConfig(per_s=4.0).emission_interval_s == pytest.approx(0.25)
