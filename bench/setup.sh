@@ -1,24 +1,10 @@
 #!/usr/bin/env bash
-# Installs what only the benchmark needs (idempotent; `make bench` runs it every time):
-#  - FastStream for the FastStream baseline, pinned, into the project's venv;
+# Installs what only the benchmark needs and the venv does not have (idempotent):
 #  - nginx-light (Debian) for the nginx sink, when it is missing and we are root.
-# The venv is re-synced from uv.lock by `make env`, which removes FastStream again: that is why
-# this runs before every benchmark instead of once.
+# FastStream (the FastStream baseline) comes with the project's `bench` extra, which `make env`
+# installs with the others.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-FASTSTREAM_PIN="faststream[kafka]==0.7.8"
-VENV_PY="${VENV:-.venv}/bin/python"
-UV=".tools/bin/uv"
-
-if ! "$VENV_PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('faststream') != '0.7.8')" 2>/dev/null; then
-    echo "bench/setup.sh: installing $FASTSTREAM_PIN into ${VENV:-.venv}"
-    if [ -x "$UV" ]; then
-        "$UV" pip install --quiet --python "$VENV_PY" "$FASTSTREAM_PIN"
-    else
-        "$VENV_PY" -m pip install --quiet "$FASTSTREAM_PIN"
-    fi
-fi
 
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

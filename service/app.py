@@ -28,6 +28,7 @@ from service.metrics import Metrics
 from service.vendors import make_adapter
 
 log = logging.getLogger("conversion_relay.app")
+_PRODUCER_START_TIMEOUT_S = 30.0
 _RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 
 
@@ -111,13 +112,16 @@ class Relay:
         while not self.stopping:
             producer = AIOKafkaProducer(**producer_kwargs(self.config.kafka))
             try:
-                await producer.start()
-            except KafkaError as exc:
+                # Bounded: a broker that accepts the connection but never answers must not
+                # hold the relay silently before it even subscribes.
+                await asyncio.wait_for(producer.start(), _PRODUCER_START_TIMEOUT_S)
+            except (KafkaError, TimeoutError) as exc:
                 await producer.stop()
                 log.warning("Kafka unavailable for the DLQ producer (%r); retrying", exc)
                 await asyncio.sleep(delay_s)
                 delay_s = min(10.0, delay_s * 2)
                 continue
+            log.info("DLQ producer connected; starting %d pipelines", len(self.vendor_names))
             self._producer = producer
             self._dlq = DeadLetterWriter(producer, self.config.dlq.topic, self.metrics)
             return
