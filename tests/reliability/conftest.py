@@ -153,17 +153,6 @@ class Ledger:
         return times
 
 
-async def take_down(sandbox: Sandbox) -> None:
-    """`go_down()`, and also drop the connections already open: `Sandbox.go_down` only stops
-    listening, so a client with pooled keep-alive connections would go on being served (a
-    sandbox bug, reported; remove this helper once go_down closes them itself)."""
-    await sandbox.go_down()
-    runner = sandbox._runner
-    server = runner.server if runner is not None else None
-    for connection in server.connections if server is not None else ():
-        connection.force_close()
-
-
 async def http_status(port: int, path: str, timeout_s: float = 2.0) -> int | None:
     """The status of GET path on the relay's HTTP port, or None when it does not answer."""
     try:
