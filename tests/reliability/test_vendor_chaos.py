@@ -17,6 +17,7 @@ from tests.conftest import read_topic, relay_config
 from tests.reliability.conftest import (
     Ledger,
     all_goals_vendor,
+    http_json,
     metric,
     poll_until,
     publish_paced,
@@ -98,7 +99,14 @@ async def test_flaky_throttled_and_down_vendors_get_everything_and_the_others_ke
     stop_storms.set()
     storm_count = await storms
 
-    caught_up_s = await poll_until(lambda: ledger.complete(sandboxes), 120, "every delivery")
+    try:
+        caught_up_s = await poll_until(lambda: ledger.complete(sandboxes), 120, "every delivery")
+    except AssertionError:
+        status = await http_json(relay.http_port, "/status")
+        raise AssertionError(
+            f"missing per vendor: {ledger.missing(sandboxes)}; /status: {status}; "
+            f"statuses: {[dict(s.statuses) for s in sandboxes.values()]}\n{relay.logs()[-2000:]}"
+        ) from None
     samples = await scrape(relay.http_port)
     letters = await read_topic(broker.bootstrap, topics.dlq, expected=1, timeout_s=2)
 
