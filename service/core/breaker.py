@@ -2,8 +2,12 @@
 
     CLOSED ──failure ratio ≥ threshold over the window (and ≥ min_requests)──► OPEN
     OPEN ──cooldown_s passed──► HALF_OPEN (the next `allow()` call moves it)
-    HALF_OPEN ──half_open_probes trial requests all succeed──► CLOSED
-    HALF_OPEN ──any trial fails──► OPEN, cooldown doubled (up to max_cooldown_s)
+    HALF_OPEN ──half_open_probes trial requests fail below the ratio──► CLOSED
+    HALF_OPEN ──their failures reach failure_ratio──► OPEN, cooldown doubled (up to the max)
+
+Probes are judged by the same ratio as the window (as resilience4j does), not "all must pass":
+a vendor that fails 30-40 % of requests while up would otherwise bounce back to OPEN with ever
+longer cool-downs.
 
 The window is time-based: the last `window_s` seconds, kept as ten buckets of window_s/10.
 
@@ -83,6 +87,7 @@ class CircuitBreaker:
         self._opened_at_s = -math.inf
         self._probes_granted = 0
         self._probe_successes = 0
+        self._probe_failures = 0
         self._last_probe_at_s = -math.inf
 
     @property
@@ -116,14 +121,7 @@ class CircuitBreaker:
         if not self.config.enabled or self._state is BreakerState.OPEN:
             return
         if self._state is BreakerState.HALF_OPEN:
-            if not success:
-                self._trip(
-                    now_s, min(self.config.max_cooldown_s, self._cooldown_s * _COOLDOWN_BACKOFF)
-                )
-                return
-            self._probe_successes += 1
-            if self._probe_successes >= self.config.half_open_probes:
-                self._close()
+            self._judge_probe(success, now_s)
             return
         self._count(success, now_s)
         # Only a failure can push the ratio over the threshold; skip the window sum otherwise.
@@ -168,10 +166,24 @@ class CircuitBreaker:
         self._cooldown_s = cooldown_s
         self._window.clear()
 
+    def _judge_probe(self, success: bool, now_s: float) -> None:
+        """Reopen as soon as the probes' failures reach the ratio; close once they cannot."""
+        if success:
+            self._probe_successes += 1
+        else:
+            self._probe_failures += 1
+        probes = self.config.half_open_probes
+        threshold = probes * self.config.failure_ratio
+        if self._probe_failures >= threshold:
+            self._trip(now_s, min(self.config.max_cooldown_s, self._cooldown_s * _COOLDOWN_BACKOFF))
+        elif probes - self._probe_successes < threshold:
+            self._close()
+
     def _half_open(self) -> None:
         self._state = BreakerState.HALF_OPEN
         self._probes_granted = 0
         self._probe_successes = 0
+        self._probe_failures = 0
 
     def _close(self) -> None:
         self._state = BreakerState.CLOSED

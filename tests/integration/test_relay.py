@@ -135,9 +135,9 @@ async def test_a_rejected_event_is_dead_lettered_with_status_and_attempts(
 async def test_transient_errors_are_retried_until_delivered(
     broker, topics, sandbox_factory, run_relay
 ):
-    """With 40 % of answers 503, every event still arrives and nothing is dead-lettered."""
+    """With 30 % of answers 503 (default breaker on), every event arrives, none dead-lettered."""
     si = await sandbox_factory()
-    si.faults.error_rate = 0.4
+    si.faults.error_rate = 0.3
     vendor = goal_reach_vendor(
         si, retry={"max_attempts": 20, "initial_backoff_s": 0.01, "max_backoff_s": 0.1}
     )
@@ -145,7 +145,7 @@ async def test_transient_errors_are_retried_until_delivered(
     lines = list(sample_lines(200))
     await publish(broker.bootstrap, topics.source, lines)
     want = _expected(_events(lines), "sustain_impact", {"purchase", "signup"})
-    await wait_for(lambda: len(si.accepted) >= sum(want.values()), 30, "deliveries")
+    await wait_for(lambda: len(si.accepted) >= sum(want.values()), 60, "deliveries")
     assert Counter(p["CustomerId"] for p in si.payloads()) == want
     assert si.statuses.get(503, 0) > 0
     assert relay.metrics.deliveries.labels("sustain_impact", "retried")._value.get() > 0

@@ -202,3 +202,27 @@ def test_an_open_breaker_never_allows_before_its_cooldown(ops: list[tuple[str, f
         if breaker.state is BreakerState.OPEN and before is not BreakerState.OPEN:
             reopens_at = now + breaker.cooldown_s
         assert CONFIG.cooldown_s <= breaker.cooldown_s <= CONFIG.max_cooldown_s
+
+
+def test_half_open_probes_are_judged_by_the_ratio_not_all_or_nothing() -> None:
+    """With 3 probes at ratio 0.5, one failed probe is tolerated; a second reopens it."""
+    config = BreakerConfig(min_requests=4, failure_ratio=0.5, cooldown_s=10, half_open_probes=3)
+    breaker = CircuitBreaker(config)
+    for _ in range(4):
+        breaker.record(False, 100.0)
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.allow(110.0)
+    breaker.record(False, 110.0)
+    assert breaker.state is BreakerState.HALF_OPEN
+    breaker.record(True, 110.1)
+    breaker.record(True, 110.2)
+    assert breaker.state is BreakerState.CLOSED
+
+    for _ in range(4):
+        breaker.record(False, 200.0)
+    assert breaker.allow(210.0)
+    breaker.record(True, 210.0)
+    breaker.record(False, 210.1)
+    assert breaker.state is BreakerState.HALF_OPEN
+    breaker.record(False, 210.2)
+    assert breaker.state is BreakerState.OPEN
