@@ -41,11 +41,19 @@ class EmbeddedBroker:
     """A Tansu broker on a loopback port, memory storage; start() waits until it answers."""
 
     def __init__(
-        self, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_path: Path | None = None,
+        storage_url: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self._log_path = log_path
+        # e.g. "s3://bucket/" (with AWS_* in env) for a broker that survives a restart
+        self._storage = ["--storage-engine", storage_url] if storage_url else []
+        self._env = env or {}
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -58,10 +66,18 @@ class EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
         self._process = subprocess.Popen(
-            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [
+                broker_binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                *self._storage,
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "RUST_LOG": "warn"},
+            env={**os.environ, "RUST_LOG": "warn", **self._env},
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
@@ -75,11 +91,14 @@ class EmbeddedBroker:
         self.stop()
         raise RuntimeError(f"broker did not listen on {self.bootstrap} within {timeout_s}s")
 
-    def stop(self) -> None:
-        """Stop the broker (its memory storage goes with it)."""
+    def stop(self, kill: bool = False) -> None:
+        """Stop the broker (memory storage goes with it); `kill` for a crash instead."""
         if self._process is None:
             return
-        self._process.terminate()
+        if kill:
+            self._process.kill()
+        else:
+            self._process.terminate()
         try:
             self._process.wait(5)
         except subprocess.TimeoutExpired:

@@ -6,10 +6,7 @@ real: Tansu, aiokafka, strict sandboxes, relay subprocesses.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +23,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.embedded import broker_binary, free_port
+from service.embedded import EmbeddedBroker, free_port
 from service.sandbox.altcraft import AltcraftContract
 from service.sandbox.base import Sandbox
 from tests.conftest import GOAL_PURCHASE, GOAL_SIGNUP, goal_reach_vendor
@@ -274,69 +271,28 @@ class MotoS3:
             self._process = None
 
 
-class DurableBroker:
+class DurableBroker(EmbeddedBroker):
     """A Tansu broker whose storage is S3 (a local moto), so it can stop and start again on the
     same port and keep its topics, records and committed offsets, as a real Kafka broker does."""
 
     def __init__(self, s3: MotoS3, workdir: Path) -> None:
+        super().__init__(
+            log_path=workdir / "tansu-s3.log",
+            storage_url=f"s3://{s3.bucket}/",
+            env={
+                "AWS_ACCESS_KEY_ID": "drill",
+                "AWS_SECRET_ACCESS_KEY": "drill",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_ENDPOINT": s3.endpoint,
+                "AWS_ALLOW_HTTP": "true",
+            },
+        )
         self.s3 = s3
-        self.host = "127.0.0.1"
-        self.port = free_port()
-        self._log_path = workdir / "tansu-s3.log"
-        self._process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def bootstrap(self) -> str:
-        """host:port for clients."""
-        return f"{self.host}:{self.port}"
-
-    def start(self, timeout_s: float = 20.0) -> None:
-        """Start the broker on its port and wait until it accepts connections."""
-        url = f"tcp://{self.host}:{self.port}"
-        env = {
-            **os.environ,
-            "RUST_LOG": "warn",
-            "AWS_ACCESS_KEY_ID": "drill",
-            "AWS_SECRET_ACCESS_KEY": "drill",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT": self.s3.endpoint,
-            "AWS_ALLOW_HTTP": "true",
-        }
-        with self._log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                [
-                    broker_binary(),
-                    "broker",
-                    "--listener-url",
-                    url,
-                    "--advertised-listener-url",
-                    url,
-                    "--storage-engine",
-                    f"s3://{self.s3.bucket}/",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"broker exited: see {self._log_path}")
-            with contextlib.suppress(OSError):
-                socket.create_connection((self.host, self.port), 0.2).close()
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"broker did not listen on {self.bootstrap}")
-
-    def stop(self) -> None:
+    def stop(self, kill: bool = True) -> None:
         """Kill the broker process (a crash: Tansu writes each batch to S3 before it answers, so
         what it acknowledged stays there)."""
-        if self._process is not None:
-            self._process.kill()
-            self._process.wait(10)
-            self._process = None
+        super().stop(kill=kill)
 
 
 def report(record_property: Callable[[str, Any], None], **figures: Any) -> None:
