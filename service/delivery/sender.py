@@ -24,7 +24,7 @@ import msgspec
 from service.core.breaker import BreakerState, CircuitBreaker, is_outage
 from service.core.concurrency import AdaptiveConcurrency, ConcurrencyConfig, is_overload
 from service.core.exchange import Outcome, VendorRequest, VendorResponse
-from service.core.retry import StatusTable, backoff_s, error_outcome
+from service.core.retry import StatusTable, backoff_s, error_outcome, retry_delay_s
 from service.delivery.ratelimit import RateLimiter
 from service.errors import DeliveryError, VendorTimeout, VendorUnreachable
 from service.metrics import Metrics
@@ -200,22 +200,16 @@ class Sender:
 
     def retry_delay_s(self, outcome: Outcome, attempts: Attempts) -> float | None:
         """Seconds to wait before the next try, or None when the retry budget is spent."""
-        if not outcome.retriable:
-            return None
-        delay_s = backoff_s(
-            attempts.count, self._retry.initial_backoff_s, self._retry.max_backoff_s, self._rng
-        )
-        if outcome.retry_after_s is not None:
-            delay_s = max(delay_s, outcome.retry_after_s)
         breaker = self.breaker
-        if breaker is not None and breaker.state is not BreakerState.CLOSED:
+        if outcome.retriable and breaker is not None and breaker.state is not BreakerState.CLOSED:
             # A vendor-wide outage: the record waits with the others instead of burning its budget.
-            return max(delay_s, breaker.retry_in_s(self._monotonic()))
-        if attempts.count >= self._retry.max_attempts:
-            return None
-        if self._clock() + delay_s - attempts.first_at_s > self._retry.max_elapsed_s:
-            return None
-        return delay_s
+            delay_s = backoff_s(
+                attempts.count, self._retry.initial_backoff_s, self._retry.max_backoff_s, self._rng
+            )
+            return max(delay_s, outcome.retry_after_s or 0.0, breaker.retry_in_s(self._monotonic()))
+        return retry_delay_s(
+            outcome, attempts.count, attempts.first_at_s, self._clock(), self._retry, self._rng
+        )
 
 
 async def close_sessions(sessions: list[aiohttp.ClientSession]) -> None:
