@@ -54,3 +54,21 @@ class Route(msgspec.Struct, frozen=True):
 
     vendor: str
     goal_id: str
+
+
+class DecisionKind(enum.Enum):
+    """What the sender tells the pipeline to do with a record after one try."""
+
+    DELIVERED = "delivered"
+    RETRY = "retry"  # try the same request again after `delay_s`
+    DEAD_LETTER = "dead_letter"  # terminal: write a dead letter with `dlq_reason`
+    ABANDONED = "abandoned"  # not sent: the record's partition was revoked while it waited
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """The sender's answer to the pipeline for one try: the seam between the two."""
+
+    kind: DecisionKind
+    outcome: Outcome | None = None
+    delay_s: float = 0.0
+    dlq_reason: str = ""  # rejected | retries_exhausted, with DEAD_LETTER

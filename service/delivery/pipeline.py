@@ -22,6 +22,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from service.config import PipelineConfig
+from service.core.exchange import DecisionKind
 from service.core.offsets import OffsetTracker
 from service.core.routing import SKIP_REASONS, Expired, Skip, route_event
 from service.delivery.dedup import DedupStore
@@ -292,8 +293,13 @@ class VendorPipeline:
             if request is None:
                 return
             work.request = request
-        outcome = await self._sender.attempt(work.request, work.attempts)
-        if outcome.kind is OutcomeKind.DELIVERED:
+        decision = await self._sender.deliver(
+            work.request, work.attempts, lambda: self._current(work)
+        )
+        outcome = decision.outcome
+        if decision.kind is DecisionKind.ABANDONED or outcome is None:
+            return  # its partition was revoked while it waited; the new owner delivers it
+        if decision.kind is DecisionKind.DELIVERED:
             self._delivered.inc()
             event = work.event
             if event is not None:
@@ -303,15 +309,11 @@ class VendorPipeline:
             self._complete(work)
             return
         self.last_error = f"{outcome.reason}: {outcome.detail}"[:300]
-        if outcome.kind is OutcomeKind.REJECT:
-            await self._dead_letter(work, "rejected", outcome)
-            return
-        delay_s = self._sender.retry_delay_s(outcome, work.attempts)
-        if delay_s is None:
-            await self._dead_letter(work, "retries_exhausted", outcome)
+        if decision.kind is DecisionKind.DEAD_LETTER:
+            await self._dead_letter(work, decision.dlq_reason, outcome)
             return
         self._retried.inc()
-        self._schedule(work, delay_s)
+        self._schedule(work, decision.delay_s)
 
     async def _internal_error(self, work: Work, exc: Exception) -> None:
         """Retry the record like a transient failure; past its budget, dead-letter it."""

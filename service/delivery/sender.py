@@ -23,7 +23,14 @@ import msgspec
 
 from service.core.breaker import BreakerState, CircuitBreaker, is_outage
 from service.core.concurrency import AdaptiveConcurrency, ConcurrencyConfig, is_overload
-from service.core.exchange import Outcome, VendorRequest, VendorResponse
+from service.core.exchange import (
+    Decision,
+    DecisionKind,
+    Outcome,
+    OutcomeKind,
+    VendorRequest,
+    VendorResponse,
+)
 from service.core.retry import StatusTable, backoff_s, error_outcome, retry_delay_s
 from service.delivery.ratelimit import RateLimiter
 from service.errors import DeliveryError, VendorTimeout, VendorUnreachable
@@ -32,6 +39,13 @@ from service.vendors.base import Adapter, VendorBase
 
 # Statuses whose Retry-After pauses the whole vendor, not just the one record.
 _VENDOR_WIDE_WAIT = frozenset({429, 503})
+
+
+def _always() -> bool:
+    return True
+
+
+_ABANDONED = Decision(kind=DecisionKind.ABANDONED)
 
 
 class Attempts(msgspec.Struct, kw_only=True):
@@ -124,13 +138,39 @@ class Sender:
         """Whether the breaker forbids requests right now (the pipeline pauses fetching then)."""
         return self.breaker is not None and self.breaker.retry_in_s(self._monotonic()) > 0
 
-    async def attempt(self, request: VendorRequest, attempts: Attempts) -> Outcome:
-        """One try through breaker, rate limiter and concurrency gate; the answer classified."""
+    async def deliver(
+        self, request: VendorRequest, attempts: Attempts, current: Callable[[], bool] = _always
+    ) -> Decision:
+        """One try, and what the pipeline does next: delivered, dead letter, retry later, or
+        abandoned when `current()` says the record's partition was revoked before it was sent."""
+        outcome = await self.attempt(request, attempts, current)
+        if outcome is None:
+            return _ABANDONED
+        if outcome.kind is OutcomeKind.DELIVERED:
+            return Decision(kind=DecisionKind.DELIVERED, outcome=outcome)
+        if outcome.kind is OutcomeKind.REJECT:
+            return Decision(kind=DecisionKind.DEAD_LETTER, outcome=outcome, dlq_reason="rejected")
+        delay_s = self.retry_delay_s(outcome, attempts)
+        if delay_s is None:
+            return Decision(
+                kind=DecisionKind.DEAD_LETTER, outcome=outcome, dlq_reason="retries_exhausted"
+            )
+        return Decision(kind=DecisionKind.RETRY, outcome=outcome, delay_s=delay_s)
+
+    async def attempt(
+        self, request: VendorRequest, attempts: Attempts, current: Callable[[], bool] = _always
+    ) -> Outcome | None:
+        """One try through breaker, rate limiter and concurrency gate; the answer classified
+        (None when `current()` turned false while waiting: nothing was sent)."""
         await self._wait_for_breaker()
         await self._limiter.acquire(self.vendor)
         gate = self._gate
         if gate is not None:
             await gate.acquire()
+        if not current():
+            if gate is not None:
+                gate.release()
+            return None
         now_s = self._clock()
         if attempts.count == 0:
             attempts.first_at_s = now_s
