@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -49,7 +49,7 @@ def _iso(moment: datetime) -> bytes:
     return moment.astimezone(UTC).isoformat().encode()
 
 
-def dlq_headers(letter: DeadLetter, failed_at: datetime) -> list[tuple[str, bytes]]:
+def to_headers(letter: DeadLetter, failed_at: datetime) -> list[tuple[str, bytes]]:
     """The original headers (minus earlier relay-* ones) followed by this dead letter's story."""
     src = letter.source
     headers = [(k, v) for k, v in src.headers if not k.startswith(RELAY_PREFIX)]
@@ -70,6 +70,70 @@ def dlq_headers(letter: DeadLetter, failed_at: datetime) -> list[tuple[str, byte
     if letter.last_attempt_at is not None:
         headers.append(("relay-last-attempt-at", _iso(letter.last_attempt_at)))
     return headers
+
+
+class LetterHeaders(msgspec.Struct, frozen=True, kw_only=True):
+    """What a dead letter's relay-* headers say; a missing or unreadable header is None/empty."""
+
+    vendor: str = ""
+    reason: str = ""
+    error: str = ""
+    http_status: int | None = None
+    attempts: int = 0
+    source_topic: str | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
+    failed_at: datetime | None = None
+    first_attempt_at: datetime | None = None
+    last_attempt_at: datetime | None = None
+
+
+def _text(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    return value.decode("utf-8", "replace")
+
+
+def _count(text: str | None) -> int | None:
+    """A non-negative decimal of at most 18 digits, else None (a header is not trusted input)."""
+    if text is None or not text.isascii() or not text.isdigit() or len(text) > 18:
+        return None
+    return int(text)
+
+
+def _moment(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def parse_headers(headers: Iterable[tuple[str | bytes | None, bytes | None]]) -> LetterHeaders:
+    """Read the relay-* headers of a DLQ record: null, non-UTF-8, missing and duplicate headers
+    never raise (the last of a duplicated header wins, as the writer writes each once)."""
+    found: dict[str, str | None] = {}
+    for key, value in headers or ():
+        name = _text(key)
+        if name is not None and name.startswith(RELAY_PREFIX):
+            found[name[len(RELAY_PREFIX) :]] = _text(value)
+    return LetterHeaders(
+        vendor=found.get("vendor") or "",
+        reason=found.get("reason") or "",
+        error=found.get("error") or "",
+        http_status=_count(found.get("http-status")),
+        attempts=_count(found.get("attempts")) or 0,
+        source_topic=found.get("source-topic") or None,
+        source_partition=_count(found.get("source-partition")),
+        source_offset=_count(found.get("source-offset")),
+        failed_at=_moment(found.get("failed-at")),
+        first_attempt_at=_moment(found.get("first-attempt-at")),
+        last_attempt_at=_moment(found.get("last-attempt-at")),
+    )
 
 
 class RecordProducer(Protocol):
@@ -107,7 +171,7 @@ class DeadLetterWriter:
 
     async def write(self, letter: DeadLetter) -> None:
         """Write one dead letter, retrying until acknowledged (cancellation leaves it unwritten)."""
-        headers = dlq_headers(letter, datetime.now(UTC))
+        headers = to_headers(letter, datetime.now(UTC))
         value = letter.source.value
         backoff_s = self._retry_backoff_s
         while True:

@@ -20,6 +20,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from service.config import KafkaConfig
+from service.delivery.dlq import parse_headers
 from service.kafka import client_kwargs
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -72,24 +73,18 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
 
 
 def letter_info(record: Any) -> LetterInfo:
-    """Read a DLQ record's relay-* headers (absent ones become empty values)."""
-    headers = {k: v.decode("utf-8", "replace") for k, v in record.headers or ()}
-    status = headers.get("relay-http-status", "")
-    failed = headers.get("relay-failed-at")
-    try:
-        failed_at = datetime.fromisoformat(failed) if failed else None
-    except ValueError:
-        failed_at = None
-    attempts = headers.get("relay-attempts", "0")
+    """Read a DLQ record's relay-* headers (absent or unreadable ones become empty values)."""
+    parsed = parse_headers(record.headers or ())
     return LetterInfo(
-        vendor=headers.get("relay-vendor", ""),
-        reason=headers.get("relay-reason", ""),
-        error=headers.get("relay-error", ""),
-        http_status=int(status) if status.isdigit() else None,
-        attempts=int(attempts) if attempts.isdigit() else 0,
-        failed_at=failed_at,
+        vendor=parsed.vendor,
+        reason=parsed.reason,
+        error=parsed.error,
+        http_status=parsed.http_status,
+        attempts=parsed.attempts,
+        failed_at=parsed.failed_at,
         source=":".join(
-            headers.get(f"relay-source-{k}", "?") for k in ("topic", "partition", "offset")
+            "?" if part is None else str(part)
+            for part in (parsed.source_topic, parsed.source_partition, parsed.source_offset)
         ),
         dlq_partition=record.partition,
         dlq_offset=record.offset,

@@ -4,6 +4,7 @@ and a letter too large for the DLQ topic is written with its value cut short, no
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
@@ -14,8 +15,10 @@ from service.delivery.dlq import (
     DeadLetter,
     DeadLetterWriter,
     SourceRecord,
-    dlq_headers,
+    parse_headers,
+    to_headers,
 )
+from service.delivery.replay import letter_info
 from service.metrics import Metrics
 
 
@@ -34,7 +37,7 @@ def test_dead_letter_headers_carry_the_whole_story():
         first_attempt_at=first,
         last_attempt_at=first,
     )
-    headers = dlq_headers(letter, datetime(2026, 11, 23, 10, 1, tzinfo=UTC))
+    headers = to_headers(letter, datetime(2026, 11, 23, 10, 1, tzinfo=UTC))
     as_dict = dict(headers)
     assert as_dict["trace"] == b"abc"
     assert [k for k, _ in headers].count("relay-reason") == 1
@@ -58,9 +61,9 @@ def test_invalid_events_have_no_status_or_attempt_times():
         error="not valid JSON",
         source=SourceRecord("t", 0, 1, None, b"x"),
     )
-    names = {k for k, _ in dlq_headers(letter, datetime.now(UTC))}
+    names = {k for k, _ in to_headers(letter, datetime.now(UTC))}
     assert "relay-http-status" not in names and "relay-first-attempt-at" not in names
-    assert dict(dlq_headers(letter, datetime.now(UTC)))["relay-attempts"] == b"0"
+    assert dict(to_headers(letter, datetime.now(UTC)))["relay-attempts"] == b"0"
 
 
 class _Producer:
@@ -104,3 +107,56 @@ async def test_a_failed_write_is_retried_and_a_too_large_one_truncated():
         )
         == 1
     )
+
+
+def test_parse_headers_reads_back_what_to_headers_wrote() -> None:
+    letter = DeadLetter(
+        vendor="altcraft",
+        reason="rejected",
+        error="400: bad",
+        source=SourceRecord("conversions", 3, 41, b"k", b"v", [("trace", b"t")]),
+        http_status=400,
+        attempts=2,
+        first_attempt_at=datetime(2026, 11, 23, 10, 0, tzinfo=UTC),
+        last_attempt_at=datetime(2026, 11, 23, 10, 1, tzinfo=UTC),
+    )
+    parsed = parse_headers(to_headers(letter, datetime(2026, 11, 23, 10, 2, tzinfo=UTC)))
+    assert (parsed.vendor, parsed.reason, parsed.error) == ("altcraft", "rejected", "400: bad")
+    assert (parsed.source_topic, parsed.source_partition, parsed.source_offset) == (
+        "conversions",
+        3,
+        41,
+    )
+    assert (parsed.http_status, parsed.attempts) == (400, 2)
+    assert parsed.failed_at == datetime(2026, 11, 23, 10, 2, tzinfo=UTC)
+    assert parsed.first_attempt_at == datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+
+def test_parse_headers_survives_null_non_utf8_missing_and_absurd_values() -> None:
+    parsed = parse_headers(
+        [
+            ("relay-vendor", None),
+            ("relay-reason", b"\xff\xfe"),
+            ("relay-attempts", b"1" * 309),
+            ("relay-source-partition", "²".encode()),
+            ("relay-source-offset", b"-1"),
+            ("relay-failed-at", b"yesterday"),
+            (None, b"x"),
+            (b"\xff-key", b"y"),
+        ]
+    )
+    assert parsed.vendor == ""
+    assert parsed.reason == "\ufffd\ufffd"
+    assert parsed.attempts == 0
+    assert parsed.source_partition is None and parsed.source_offset is None
+    assert parsed.failed_at is None
+
+
+def test_letter_info_of_a_letter_with_a_null_header_value_does_not_raise() -> None:
+    record = SimpleNamespace(
+        headers=[("relay-vendor", b"altcraft"), ("relay-error", None), ("trace", None)],
+        partition=0,
+        offset=7,
+    )
+    info = letter_info(record)
+    assert info.vendor == "altcraft" and info.error == "" and info.source == "?:?:?"
