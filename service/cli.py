@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from service.config import load_config, summary
+from service.config import load_config, plaintext_warning, summary
 from service.errors import ConfigError
 
 
@@ -61,6 +61,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         config = msgspec.structs.replace(config, http=http)
     _setup_logging(args.log_level)
+    warning = plaintext_warning(config)
+    if warning:
+        logging.getLogger("conversion_relay.config").warning(warning)
     unknown = sorted(set(args.vendor or ()) - set(config.enabled_vendors()))
     if unknown:
         print(f"--vendor {', '.join(unknown)}: not an enabled vendor", file=sys.stderr)
@@ -197,16 +200,30 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Print `ok` and a summary, or every problem with its path (exit 1)."""
+    """Print `ok` and a summary, or every problem with its path (exit 1); never a secret."""
+    from service.core.redact import redact
+
     try:
         config = load_config(args.file)
     except ConfigError as exc:
+        # Problems are made without values already; redacting again costs nothing here.
         for problem in exc.problems:
-            print(problem, file=sys.stderr)
+            print(redact(problem), file=sys.stderr)
         return 1
     print("ok")
     print(summary(config))
     return 0
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port 0..65535 (0 = any free port)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is outside 0..65535")
+    return port
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="relay processes in this container (default: the config's `workers`, 1)",
     )
-    run.add_argument("--http-port", type=int, help="override http.port")
+    run.add_argument("--http-port", type=_port, help="override http.port (0..65535)")
     run.add_argument("--http-host", help="override http.host")
     run.set_defaults(func=cmd_run)
 
