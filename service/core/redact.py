@@ -51,7 +51,12 @@ _SECRET_WORD = (
     r"(?:api[_-]?key|access[_-]?key|token|secret|passw(?:or)?d|pwd|credentials?|signature)"
 )
 # A word that is a secret only as the whole last part of a key (`x-secret-key`, not `monkey`).
-_SECRET_PART = r"(?:key|auth|sig|hmac)"
+# `*_id_key`, `message_guid_key`, `partition_key` name where an id is, not a credential.
+_NOT_A_CREDENTIAL = "".join(
+    rf"(?<!{word}[_.-])"
+    for word in ("id", "guid", "value", "name", "partition", "dedup", "routing")
+)
+_SECRET_PART = rf"(?:{_NOT_A_CREDENTIAL}key|auth|sig|hmac)"
 _SECRET_NAME = rf"(?:[\w.-]*?{_SECRET_WORD}\b|(?:[\w.-]*[_.-])?{_SECRET_PART}\b)"
 _SECRET_KEY: Final = re.compile(
     rf"{_SECRET_WORD}$|(?:^|[_.-]){_SECRET_PART}$|^(?:proxy-)?authorization$|cookie$", re.I
