@@ -63,11 +63,12 @@ _SECRET_KEY: Final = re.compile(
 )
 _PHONE_KEY: Final = re.compile(r"(?:phone|mobile|msisdn)$", re.I)
 _SCHEMES = r"(?:bearer|basic|digest|token|apikey|negotiate|sso-key)"
-# A value after `key=` / `key: `: a quoted string (plain or backslash-escaped), or a bare word
+# A value after `key=` / `key: `: a quoted string (plain or backslash-escaped; a string cut off
+# before its closing quote runs to the end of the text), or a bare word
 # with an optional auth scheme in front (`X-Auth: Bearer abc` masks `Bearer abc` whole).
 _VALUE = (
-    r"""(?P<value>\\"(?:(?!\\").)*\\"|\\'(?:(?!\\').)*\\'"""
-    r"""|"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'"""
+    r"""(?P<value>\\"(?:(?!\\").)*(?:\\"|$)|\\'(?:(?!\\').)*(?:\\'|$)"""
+    r"""|"(?:\\.|[^"\\])*(?:"|$)|'(?:\\.|[^'\\])*(?:'|$)"""
     rf"""|(?:{_SCHEMES}\s+(?=[^\s&;,"'<>(){{}}\[\]]))?[^\s&;,"'<>(){{}}\[\]]+)"""
 )
 # A key, possibly quoted as in JSON or a repr, and its separator.

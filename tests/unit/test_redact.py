@@ -34,6 +34,9 @@ SECRET = "Zq9-SECRET-4711-xyz"
         f'{{"echo": "\\u003cApiKey\\u003e{SECRET}\\u003c/ApiKey\\u003e"}}',
         f"the vendor said: invalid credentials Bearer {SECRET} rejected",
         f'{{"headers": {{"x-hmac": "{SECRET}"}}}}',
+        f'{{"token": "{SECRET}',  # a JSON body cut off inside the value
+        f'{{\\"token\\": \\"{SECRET}',
+        f"sasl_password='{SECRET}",
     ],
 )
 def test_every_credential_form_is_masked_in_full(text: str) -> None:
