@@ -183,7 +183,7 @@ async def test_nothing_reaches_the_other_port(broker, topics, sandbox_factory, r
 
 @needs_issue_11
 async def test_oversized_bodies_keep_memory_bounded(broker, topics, sandbox_factory, run_relay):
-    """16 MiB answers are read up to the limit only: resident memory grows by under 48 MiB."""
+    """8 MiB answers are read up to the limit only: resident memory grows by under 48 MiB."""
     peak = [0]
     stop = asyncio.Event()
 
@@ -192,17 +192,24 @@ async def test_oversized_bodies_keep_memory_bounded(broker, topics, sandbox_fact
             peak[0] = max(peak[0], _rss_bytes())
             await asyncio.sleep(0.02)
 
-    baseline = _rss_bytes()
-    sampler = asyncio.create_task(sample())
-    try:
-        async with drill(broker, topics, sandbox_factory, run_relay, modes=("oversized",)) as run:
+    async with drill(
+        broker,
+        topics,
+        sandbox_factory,
+        run_relay,
+        modes=("oversized",),
+        oversized_bytes=8 * 1024 * 1024,
+    ) as run:
+        baseline = _rss_bytes()  # the relay is up: only the answers can grow it from here
+        sampler = asyncio.create_task(sample())
+        try:
             await wait_for(
                 lambda: sum(len(v.hits) for v in run.hostile.values()) >= 16, 60, "answers"
             )
             await asyncio.sleep(2.0)
-    finally:
-        stop.set()
-        await sampler
+        finally:
+            stop.set()
+            await sampler
     grown_mib = (peak[0] - baseline) / 2**20
     assert grown_mib < 48, f"resident memory grew by {grown_mib:.0f} MiB"
 
