@@ -125,9 +125,9 @@ class _Known:
         text = self.pattern.sub(MASK, text)
         # A length limit may have cut a secret: mask its start left at the end of the text.
         for value in self.values:
-            for size in range(min(len(value) - 1, len(text)), MIN_KNOWN_SECRET_CHARS - 1, -1):
-                if text.endswith(value[:size]):
-                    return text[:-size] + MASK
+            start = text.rfind(value[:MIN_KNOWN_SECRET_CHARS], max(0, len(text) - len(value)))
+            if start >= 0 and value.startswith(text[start:]):
+                return text[:start] + MASK
         return text
 
 
@@ -240,6 +240,8 @@ def _decoded(text: str) -> str:
 
 def redact(text: str) -> str:
     """`text` with secrets replaced by `***` and emails/phones masked (see the module doc)."""
+    if not text:
+        return text
     masked = _redact_plain(text)
     for _ in range(4):  # an encoding layer at a time, as long as decoding reveals more to mask
         decoded = _decoded(masked)
