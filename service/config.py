@@ -174,13 +174,13 @@ def _resolve_env(node: Any, path: str, found: _Resolution) -> Any:
     return _ENV_REF.sub(substitute, node)
 
 
-def _secret_values(node: Any, key: str = "") -> list[str]:
+def _secret_values(node: Any, key: str = "", parent: str = "") -> list[str]:
     """Every string under a secret-looking key (api_key, token, X-Api-Key, Authorization...)."""
     if isinstance(node, dict):
-        return [v for k, child in node.items() for v in _secret_values(child, str(k))]
+        return [v for k, child in node.items() for v in _secret_values(child, str(k), key)]
     if isinstance(node, list):
-        return [v for child in node for v in _secret_values(child, key)]
-    if isinstance(node, str) and key and is_secret_key(key):
+        return [v for child in node for v in _secret_values(child, key, parent)]
+    if isinstance(node, str) and key and _is_secret_field(key, parent):
         # `Bearer abc`: the token alone is the secret, wherever it turns up later.
         return [node, node.split()[-1]] if node.split() else []
     return []

@@ -204,3 +204,13 @@ def test_a_config_file_that_is_not_utf8_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert "not UTF-8" in caught.value.problems[0]
+
+
+def test_config_secrets_are_masked_in_any_later_text() -> None:
+    """Once loaded, a secret field's value (a custom webhook header too) is masked everywhere."""
+    from service.core.redact import redact
+
+    data = _webhook()
+    data["vendors"]["hook"]["headers"] = {"X-Custom": "${CUSTOM}"}
+    parse_config(data, {"CUSTOM": "custom-Vb93-header-secret", "BODY_VALUE": "x"})
+    assert "Vb93" not in redact("vendor echoed custom-Vb93-header-secret back")
