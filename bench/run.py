@@ -28,8 +28,8 @@ from bench.report import Noise, Row, Section, machine, mib, num, throughput_sect
 from bench.sinks import NginxSink, SandboxSink, Sink, SinkStats, nginx_binary, total_stats
 from bench.workload import VENDOR
 from service.config import parse_config
-from service.demo import sample_lines
-from service.embedded import EmbeddedBroker
+from service.devtools.demo import sample_lines
+from service.devtools.embedded import EmbeddedBroker
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SCENARIOS = ("throughput", "nginx", "latency", "memory", "ratelimit", "workers")

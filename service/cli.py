@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """Embedded broker, sandboxes, relay and demo traffic with a live view."""
-    from service.dev import run_dev
+    from service.devtools.dev import run_dev
 
     _setup_logging("error")  # the live view is the output; logs would tear it
     return _run_async(run_dev(events_per_s=args.rate, http_port=args.port))
@@ -88,8 +88,8 @@ def _lines(path: str) -> Iterator[bytes]:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     """Publish a JSON Lines file or generated sample events to a topic."""
-    from service.demo import sample_lines
-    from service.publish import publish
+    from service.devtools.demo import sample_lines
+    from service.devtools.publish import publish
 
     if (args.file is None) == (args.sample is None):
         print("give either FILE.jsonl or --sample N", file=sys.stderr)

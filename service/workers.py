@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from service.config import Config
-from service.embedded import free_port
+from service.net import free_port
 
 log = logging.getLogger("conversion_relay.workers")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

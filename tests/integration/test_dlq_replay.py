@@ -12,8 +12,8 @@ import yaml
 from service.app import Replay
 from service.config import parse_config
 from service.delivery.replay import LetterFilter, aggregate, read_letters
-from service.demo import sample_lines
-from service.publish import publish
+from service.devtools.demo import sample_lines
+from service.devtools.publish import publish
 from tests.conftest import goal_reach_vendor, read_topic, relay_config, wait_for
 
 

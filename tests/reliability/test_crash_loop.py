@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from service.demo import sample_lines
+from service.devtools.demo import sample_lines
 from service.sandbox.altcraft import AltcraftContract
 from service.sandbox.base import Sandbox
 from tests.conftest import RelayProcess, relay_config

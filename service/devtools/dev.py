@@ -18,10 +18,11 @@ from rich.table import Table
 
 from service.app import Relay
 from service.config import Config, parse_config
-from service.demo import sample_event
-from service.embedded import EmbeddedBroker, create_topics, free_port
+from service.devtools.demo import sample_event
+from service.devtools.embedded import EmbeddedBroker, create_topics
+from service.devtools.publish import record_key
 from service.events import encode_event
-from service.publish import record_key
+from service.net import free_port
 from service.sandbox.base import Sandbox
 from service.sandbox.registry import contract_for
 from service.vendors import protocol_tag
@@ -31,14 +32,18 @@ INVALID_EVERY = 97  # one malformed record now and then, so the DLQ has somethin
 
 def dev_config(bootstrap: str, http_port: int, sandbox_urls: dict[str, str]) -> Config:
     """The demo config with the broker, HTTP port and sandbox URLs filled in."""
-    raw = yaml.safe_load(resources.files("service").joinpath("dev_config.yaml").read_text())
+    raw = yaml.safe_load(
+        resources.files("service.devtools").joinpath("dev_config.yaml").read_text()
+    )
     env = {"KAFKA_BOOTSTRAP": bootstrap, "HTTP_PORT": str(http_port)}
     env.update({f"SANDBOX_{name.upper()}_URL": url for name, url in sandbox_urls.items()})
     return parse_config(raw, env)
 
 
 def _dev_vendors() -> dict[str, str]:
-    raw = yaml.safe_load(resources.files("service").joinpath("dev_config.yaml").read_text())
+    raw = yaml.safe_load(
+        resources.files("service.devtools").joinpath("dev_config.yaml").read_text()
+    )
     return {name: vendor["protocol"] for name, vendor in raw["vendors"].items()}
 
 
