@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
@@ -246,6 +247,7 @@ class Relay:
         return 0
 
 
+REPLAY_WINDOW_PER_CONCURRENCY = 4
 REPLAY_OUTCOMES = ("delivered", "rejected", "dead_lettered", "expired", "skipped", "deduplicated")
 
 
@@ -259,6 +261,14 @@ class Replay:
     def __init__(
         self, config: Config, vendor: str, letters: LetterFilter, plan: ReplayPlan | None = None
     ) -> None:
+        if vendor in config.vendors:
+            # A short window in flight, so Ctrl-C finishes a few letters and stops promptly
+            # (the rest stay open for the next run) instead of working off a long queue.
+            window = max(2, REPLAY_WINDOW_PER_CONCURRENCY * config.vendors[vendor].concurrency)
+            pipeline = msgspec.structs.replace(
+                config.pipeline, max_in_flight=min(config.pipeline.max_in_flight, window)
+            )
+            config = msgspec.structs.replace(config, pipeline=pipeline)
         self.relay = Relay(config, vendors=[vendor])
         self.vendor = vendor
         self.letters = letters
