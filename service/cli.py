@@ -638,8 +638,26 @@ def _silence_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
+def _fill_closed_std_fds() -> None:
+    """Point a closed stdin/stdout/stderr at /dev/null, so no socket gets fd 0-2 (uvloop
+    aborts when closing one) and writes go nowhere instead of failing."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR)
+            if opened != fd:
+                os.dup2(opened, fd)
+                os.close(opened)
+    if sys.stdout is None:  # Python found fd 1 closed at startup
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `conversion-relay` console script."""
+    _fill_closed_std_fds()
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     try:

@@ -47,7 +47,7 @@ from service.vendors import protocol_tag
 
 INVALID_EVERY = 97  # one malformed record now and then, so the DLQ has something to show
 PLAIN_EVERY_S = 5.0  # how often a plain progress block is printed when stdout is no terminal
-SHUTDOWN_S = 1.5  # the relay's drain is cut off after this; the whole exit stays under 2 s
+SHUTDOWN_S = 1.2  # the relay's drain is cut off after this; the whole exit stays under 2 s
 # The tour breaks these first (the rest of the dev vendors stay healthy).
 CHAOS_ORDER = ("expertsender", "sustain_impact", "altcraft")
 _VAR = re.compile(r"\$\{([A-Z0-9_]+)\}")
@@ -229,8 +229,9 @@ def _cli() -> str:
     if script.name == "conversion-relay":
         with contextlib.suppress(ValueError):
             relative = os.path.relpath(script)
-            return relative if "/" in relative else f"./{relative}"
-        return str(script)
+            if not relative.startswith(".."):
+                return relative if "/" in relative else f"./{relative}"
+        return str(script.absolute())
     return "conversion-relay" if shutil.which("conversion-relay") else "python -m service"
 
 
@@ -402,12 +403,12 @@ async def _shutdown(
     for task in tasks:
         if task.done() and not task.cancelled():
             task.exception()  # retrieved: a failure was reported already or is moot at exit
-    with contextlib.suppress(Exception):
-        if control_runner is not None:
-            await asyncio.wait_for(control_runner.cleanup(), 0.2)
-    for sandbox in sandboxes.values():
+    closing = [sandbox.stop() for sandbox in sandboxes.values()]
+    if control_runner is not None:
+        closing.append(control_runner.cleanup())
+    if closing:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(sandbox.stop(), 0.2)
+            await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), 0.3)
     broker.stop(kill=True)  # memory storage: nothing to flush
     if any(not task.done() for task in tasks):
         # A task ignored its cancellation (an aiokafka close stuck on a dead broker): exiting
