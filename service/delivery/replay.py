@@ -105,10 +105,10 @@ _event_id_decoder = msgspec.json.Decoder(_Keyed)
 def _event_id(record: Any) -> str | None:
     """The event id from the record's value, else its key (publish keys by event id), if any."""
     try:
-        return _event_id_decoder.decode(record.value or b"").event_id
+        return _event_id_decoder.decode(getattr(record, "value", None) or b"").event_id
     except (msgspec.DecodeError, msgspec.ValidationError):
         pass
-    key = record.key
+    key = getattr(record, "key", None)
     if isinstance(key, bytes) and key:
         return key.decode("utf-8", "replace")
     return None
