@@ -204,7 +204,13 @@ def _table(rows: list[dict[str, str]]) -> Table:
         caption=f"DLQ: {dlq} letters written · dead = rejected + dead-lettered · Ctrl-C stops",
     )
     for column in COLUMNS:
-        table.add_column(column, justify="left" if column in ("vendor", "fault") else "right")
+        vendor = column == "vendor"
+        table.add_column(
+            column,
+            justify="left" if column in ("vendor", "fault") else "right",
+            no_wrap=vendor,
+            min_width=len("sustain_impact") if vendor else None,
+        )
     for row in rows:
         style = "red" if row["breaker"] == "open" or row["fault"] != "ok" else None
         table.add_row(*(Text(row[c]) for c in COLUMNS), style=style)
