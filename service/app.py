@@ -48,12 +48,14 @@ class Relay:
     ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
-        self.metrics.build_info.labels(__version__, os.environ.get("GIT_SHA", "unknown")).set(1)
         enabled = config.enabled_vendors()
         unknown = sorted(set(vendors or ()) - set(enabled))
         if unknown:
             raise ValueError(f"--vendor {', '.join(unknown)}: not an enabled vendor")
         self.vendor_names = [v for v in enabled if not vendors or v in vendors]
+        self.metrics.build_info.labels(
+            __version__, os.environ.get("GIT_SHA", "unknown"), ",".join(sorted(self.vendor_names))
+        ).set(1)
         self.pipelines: dict[str, VendorPipeline] = {}
         self.http_port: int | None = None
         self._stop = asyncio.Event()
@@ -235,12 +237,14 @@ class Relay:
         log.info("serving /livez /readyz /metrics /status on port %s", self.http_port)
         if on_ready is not None:
             on_ready(self)
+        stop_gc_count = self.metrics.watch_gc()
         try:
             await self.start_shared()
             tasks = [asyncio.create_task(self._supervise(n)) for n in self.vendor_names]
             await self._stop.wait()
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
+            stop_gc_count()
             await self.close()
             await runner.cleanup()
         log.info("stopped")

@@ -5,6 +5,11 @@ splits the partitions between them) with its HTTP server on a private loopback p
 supervisor serves the configured port: /metrics merged from every worker by prometheus_client's
 multiprocess mode, /livez and /readyz true only when every worker is, /status per worker. A
 worker that dies is restarted; SIGTERM is passed on and each worker drains on its own.
+
+A collector's values do not travel through the multiprocess files, so the supervisor reads each
+worker's process metrics (CPU, RSS, open fds) from /proc itself, labelled `worker` (its index,
+or `supervisor` for itself): summed by instance they are the pod's; per worker they are what the
+memory budget is about.
 """
 
 from __future__ import annotations
@@ -18,21 +23,29 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Metric,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 
 from service.config import Config
 from service.net import free_port
 
 log = logging.getLogger("conversion_relay.workers")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+WORKER_LABEL = "worker"
 _RESTART_DELAY_S = 1.0
 
 
@@ -63,6 +76,28 @@ class Worker:
             self.process.send_signal(signal.SIGTERM)
 
 
+class WorkerProcessCollector(Collector):
+    """`process_*` of the supervisor and of every live worker, one series each per `worker`."""
+
+    def __init__(self, pids: Callable[[], list[tuple[str, int]]]) -> None:
+        self._pids = pids
+
+    def collect(self) -> Iterator[Metric]:
+        """One family per process metric, with a sample for each process that could be read."""
+        families: dict[str, Metric] = {}
+        for worker, pid in self._pids():
+            reader = ProcessCollector(pid=_constant(pid), registry=None)
+            for family in reader.collect():
+                merged = families.setdefault(
+                    family.name, Metric(family.name, family.documentation, family.type)
+                )
+                for sample in family.samples:
+                    merged.add_sample(
+                        sample.name, {**sample.labels, WORKER_LABEL: worker}, sample.value
+                    )
+        yield from families.values()
+
+
 class Supervisor:
     """Starts, watches and stops the workers; serves their merged health and metrics."""
 
@@ -83,6 +118,14 @@ class Supervisor:
         self._stop.set()
         for worker in self.workers:
             worker.terminate()
+
+    def process_ids(self) -> list[tuple[str, int]]:
+        """(worker label, pid) of the supervisor and of each running worker."""
+        pids = [("supervisor", os.getpid())]
+        for worker in self.workers:
+            if worker.alive and worker.process is not None:
+                pids.append((str(worker.index), worker.process.pid))
+        return pids
 
     async def _get(
         self, session: aiohttp.ClientSession, worker: Worker, path: str
@@ -128,6 +171,7 @@ class Supervisor:
         async def metrics(request: web.Request) -> web.Response:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=str(self._dir))  # type: ignore[no-untyped-call]
+            registry.register(WorkerProcessCollector(self.process_ids))
             return web.Response(
                 body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
             )
@@ -210,6 +254,10 @@ class Supervisor:
             await asyncio.sleep(0.1)
         codes = [w.process.returncode for w in self.workers if w.process is not None]
         return 0 if all(code == 0 for code in codes) else 1
+
+
+def _constant(pid: int) -> Callable[[], int]:
+    return lambda: pid
 
 
 def _dumps(data: Any) -> str:
