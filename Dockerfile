@@ -6,6 +6,14 @@
 #   docker build -t conversion-relay:0.1.0 .
 #   docker run --rm -p 8080:8080 -e KAFKA_BOOTSTRAP=broker:9092 conversion-relay:0.1.0
 
+# Base image pinning: the tag names an exact Python patch release (3.11.14) on a fixed Debian
+# (bookworm), but a tag can be re-pushed. To pin the bytes too, append the digest to both
+# FROM lines, resolved where a registry is reachable and refreshed by a dependency bot:
+#   docker buildx imagetools inspect python:3.11.14-slim-bookworm --format '{{json .Manifest.Digest}}'
+#   FROM python:3.11.14-slim-bookworm@sha256:<that digest> AS builder
+# It is not appended here because this repository is built and tested without registry access,
+# and a digest that was never resolved against the registry would be a made-up value; the chart
+# pins the relay image itself by digest (image.digest).
 # ---- builder: uv + the locked dependencies, then the project ----------------------------
 FROM python:3.11.14-slim-bookworm AS builder
 

@@ -16,6 +16,7 @@ from aiokafka.errors import KafkaError
 
 from service import __version__
 from service.config import Config
+from service.core.redact import redact
 from service.delivery.dedup import DedupStore, make_dedup_store
 from service.delivery.dlq import DeadLetterWriter
 from service.delivery.pipeline import VendorPipeline
@@ -112,7 +113,7 @@ class Relay:
                     concurrency_limit=pipeline.sender.concurrency.limit,
                     concurrency_max=vendor.concurrency,
                     rate_limit_per_s=vendor.rate_limit.per_s if vendor.rate_limit else None,
-                    last_error=pipeline.last_error or None,
+                    last_error=redact(pipeline.last_error) if pipeline.last_error else None,
                 )
             vendors[name] = entry
         return {"version": __version__, "ready": not self.not_ready_reasons(), "vendors": vendors}

@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 import msgspec
 
 from service import __version__
-from service.config import Config, KafkaConfig, load_config, summary
+from service.config import Config, KafkaConfig, load_config, plaintext_warning, summary
 from service.errors import ConfigError, KafkaUnavailable, RelayError, UsageError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -159,6 +159,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = msgspec.structs.replace(config, http=http)
     _setup_logging(args.log_level)
     _vendor_names(config, args.vendor, enabled_only=True)
+    warning = plaintext_warning(config)
+    if warning:
+        logging.getLogger("conversion_relay.config").warning(warning)
     workers = config.workers if args.workers is None else args.workers
     if workers > 1:
         from service.workers import Supervisor
@@ -451,12 +454,15 @@ async def _show_progress(task: asyncio.Task[Any], done: Callable[[], int], total
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Print `ok` and a summary, or every problem with its path (exit 1)."""
+    """Print `ok` and a summary, or every problem with its path (exit 1); never a secret."""
+    from service.core.redact import redact
+
     try:
         config = load_config(args.file)
     except ConfigError as exc:
+        # Problems are made without values already; redacting again costs nothing here.
         for problem in exc.problems:
-            print(problem, file=sys.stderr)
+            print(redact(problem), file=sys.stderr)
         return 1
     print("ok")
     print(summary(config))
@@ -537,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="relay processes in this container (default: the config's `workers`, 1)",
     )
-    run.add_argument("--http-port", type=int, help="override http.port")
+    run.add_argument("--http-port", type=_port, help="override http.port (0..65535)")
     run.add_argument("--http-host", help="override http.host")
     run.set_defaults(func=cmd_run)
 

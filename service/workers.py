@@ -41,6 +41,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 
 from service.config import Config
+from service.http import guard_status, status_token
 from service.net import free_port
 
 log = logging.getLogger("conversion_relay.workers")
@@ -176,8 +177,15 @@ class Supervisor:
                 body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
             )
 
+        http = self.config.http
+        token = status_token(http)
+        # The workers guard their /status the same way; the supervisor passes the token on.
+        auth = {"Authorization": f"Bearer {token.decode()}"} if token else {}
+
         async def status(request: web.Request) -> web.Response:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            async with aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=2), headers=auth
+            ) as session:
                 answers = await asyncio.gather(
                     *(self._get(session, w, "/status") for w in self.workers)
                 )
@@ -200,7 +208,7 @@ class Supervisor:
         app.router.add_get("/livez", livez)
         app.router.add_get("/readyz", readyz)
         app.router.add_get("/metrics", metrics)
-        app.router.add_get("/status", status)
+        app.router.add_get("/status", guard_status(http, status, token))
         return app
 
     async def _watch(self) -> None:

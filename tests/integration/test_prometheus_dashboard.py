@@ -31,9 +31,9 @@ import orjson
 import pytest
 import yaml
 
-from service.demo import sample_lines
-from service.embedded import create_topics, free_port
-from service.publish import publish
+from service.devtools.demo import sample_lines
+from service.devtools.embedded import create_topics, free_port
+from service.devtools.publish import publish
 from service.workers import WORKER_LABEL
 from tests.conftest import GOAL_PURCHASE, goal_reach_vendor, relay_config, wait_for
 

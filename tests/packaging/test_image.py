@@ -23,9 +23,9 @@ import aiohttp
 import pytest
 import yaml
 
-from service.demo import sample_lines
-from service.embedded import free_port
-from service.publish import publish
+from service.devtools.demo import sample_lines
+from service.devtools.publish import publish
+from service.net import free_port
 from tests.conftest import goal_reach_vendor, relay_config, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
