@@ -93,7 +93,11 @@ def letter_info(record: Any) -> LetterInfo:
 
 async def _assigned_consumer(kafka: KafkaConfig, topic: str, **extra: Any) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(
-        **client_kwargs(kafka), enable_auto_commit=False, auto_offset_reset="earliest", **extra
+        **client_kwargs(kafka),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level=kafka.isolation_level,
+        **extra,
     )
     await consumer.start()
     partitions = [
