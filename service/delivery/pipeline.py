@@ -161,6 +161,7 @@ class VendorPipeline:
         self.vendor = vendor
         self._config = config
         self._sender = sender
+        self._adapter = sender.adapter  # the stages' adapter (tests wrap its build)
         self._dlq = dlq
         self._consumer = consumer
         self._topics = topics
