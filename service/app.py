@@ -91,6 +91,8 @@ class Relay:
                 reasons[name] = "pipeline not started"
             elif not pipeline.joined:
                 reasons[name] = "consumer has not joined its group"
+            elif pipeline.down_tasks:
+                reasons[name] = f"tasks died, restarting: {', '.join(pipeline.down_tasks)}"
             elif not pipeline.ready:
                 reasons[name] = "Kafka group coordinator unreachable"
         return reasons
@@ -108,6 +110,8 @@ class Relay:
                     assigned_partitions=[f"{tp.topic}:{tp.partition}" for tp in pipeline.assigned],
                     lag=pipeline.lag(),
                     in_flight=pipeline.in_flight,
+                    in_flight_bytes=pipeline.in_flight_bytes,
+                    window=pipeline.window,
                     paused=pipeline.paused,
                     breaker=pipeline.sender.breaker_state,
                     concurrency_limit=pipeline.sender.concurrency.limit,

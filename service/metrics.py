@@ -206,6 +206,18 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.task_failures = Counter(
+            f"{p}_task_failures_total",
+            "Pipeline tasks (worker, fetch, commit, lag) that died and were restarted.",
+            ["vendor", "task"],
+            registry=r,
+        )
+        self.records_unreadable = Counter(
+            f"{p}_records_unreadable_total",
+            "Records the Kafka client could not read (dead-lettered as unreadable_record).",
+            ["vendor", "topic"],
+            registry=r,
+        )
         # Process metrics of this process (ignored by the --workers supervisor, which reads its
         # workers' /proc itself: a collector's values do not travel through the multiprocess files).
         ProcessCollector(registry=r)

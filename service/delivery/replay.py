@@ -198,7 +198,11 @@ def parse_mark(headers: Iterable[tuple[Any, Any]]) -> tuple[str, int, set[int]] 
 
 async def _assigned_consumer(kafka: KafkaConfig, topic: str, **extra: Any) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(
-        **client_kwargs(kafka), enable_auto_commit=False, auto_offset_reset="earliest", **extra
+        **client_kwargs(kafka),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level=kafka.isolation_level,
+        **extra,
     )
     await consumer.start()
     partitions = [
@@ -359,7 +363,7 @@ class _Letter(msgspec.Struct, frozen=True):
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
     timestamp: int | None = None
 
 
