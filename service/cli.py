@@ -158,10 +158,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         config = msgspec.structs.replace(config, http=http)
     _setup_logging(args.log_level)
-    _vendor_names(config, args.vendor, enabled_only=True)
     warning = plaintext_warning(config)
     if warning:
         logging.getLogger("conversion_relay.config").warning(warning)
+    _vendor_names(config, args.vendor, enabled_only=True)
     workers = config.workers if args.workers is None else args.workers
     if workers > 1:
         from service.workers import Supervisor
