@@ -13,6 +13,7 @@ never hides a letter it did not match.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -40,6 +41,9 @@ _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MARK_VENDOR = "relay-replay-vendor"
 MARK_LETTERS = "relay-replay-letters"  # "<partition>:<ranges>", ranges like "0-41,45,47-90"
 MARK_AT = "relay-replayed-at"
+# Empty polls at a partition's end before its missing planned letters count as deleted
+# (aiokafka's position can run ahead of what getmany returned while records are buffered).
+_GONE_AFTER_EMPTY_POLLS = 10
 
 
 class LetterInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -429,9 +433,12 @@ class ReplayConsumer:
         self._ends = {TopicPartition(topic, p): end for p, end in plan.ends.items()}
         self._marked: dict[TopicPartition, int] = {}  # commit point already marked
         self._fetching = set(self._wanted)
+        self._seen: dict[TopicPartition, int] = {}  # last offset fetched per partition
+        self._empty: dict[TopicPartition, int] = {}  # consecutive empty polls at the end
         self._consumer: AIOKafkaConsumer | None = None
         self._listener: Any = None
         self.done = 0  # letters finished and marked
+        self.gone = 0  # planned letters no longer in the topic (retention deleted them)
         self.finished = asyncio.Event()
         if not self._wanted:
             self.finished.set()
@@ -472,13 +479,47 @@ class ReplayConsumer:
         out: dict[TopicPartition, list[_Letter]] = {}
         for tp, records in batch.items():
             wanted, end, last = self._wanted_sets[tp], self._ends[tp], self._wanted[tp][-1]
-            kept = [canonical(r) for r in records if r.offset < end and r.offset in wanted]
+            kept = [
+                canonical(r)
+                for r in records
+                if r.offset < end and r.offset in wanted and parse_mark(r.headers or ()) is None
+            ]
             if kept:
                 out[tp] = kept
+            if records:
+                self._count_gone(tp, {k.offset for k in kept}, records[-1].offset)
             if records and records[-1].offset >= last:
-                self._fetching.discard(tp)
-                self._consumer.pause(tp)  # its last planned letter is fetched: read no further
+                self._done_fetching(tp)
+        for tp in list(self._fetching):
+            if tp in batch or await self._consumer.position(tp) < self._ends[tp]:
+                self._empty[tp] = 0
+                continue
+            self._empty[tp] = self._empty.get(tp, 0) + 1
+            if self._empty[tp] >= _GONE_AFTER_EMPTY_POLLS:
+                # Read to the end, nothing buffered, and planned letters never came: retention
+                # removed them; nothing is left to replay of those.
+                seen = self._seen.get(tp, -1)
+                self.gone += sum(1 for o in self._wanted[tp] if o > seen)
+                self._done_fetching(tp)
+        for tp, records in batch.items():
+            if records:
+                self._seen[tp] = records[-1].offset
+        if self.done + self.gone >= self.total:
+            self.finished.set()
         return out
+
+    def _count_gone(self, tp: TopicPartition, fetched: set[int], upto: int) -> None:
+        """Planned letters the fetch went past without feeding are no longer in the topic
+        (retention deleted them), so the run does not wait for them."""
+        offsets = self._wanted[tp]
+        seen = self._seen.get(tp, -1)
+        low, high = bisect.bisect_right(offsets, seen), bisect.bisect_right(offsets, upto)
+        self.gone += sum(1 for o in offsets[low:high] if o not in fetched)
+
+    def _done_fetching(self, tp: TopicPartition) -> None:
+        self._fetching.discard(tp)
+        if self._consumer is not None:
+            self._consumer.pause(tp)  # its last planned letter is fetched: read no further
 
     def pause(self, *partitions: TopicPartition) -> None:
         """Stop fetching (the pipeline is at its in-flight cap or the breaker is open)."""
@@ -504,7 +545,7 @@ class ReplayConsumer:
                 )
                 self.done += len(newly)
             self._marked[tp] = point
-        if self.done >= self.total:
+        if self.done + self.gone >= self.total:
             self.finished.set()
 
     async def committed(self, tp: TopicPartition) -> int | None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import orjson
 import yaml
 from aiokafka import AIOKafkaProducer
@@ -344,3 +345,26 @@ async def test_an_interrupted_replay_started_again_neither_loses_nor_repeats_a_l
     assert second.returncode == 0, out.decode()
     delivered = [p["CustomerId"] for p in si.payloads()]
     assert sorted(delivered) == sorted(_customer(e) for e in events)
+
+
+async def test_a_planned_letter_that_is_no_longer_in_the_topic_does_not_hold_the_replay(
+    broker, topics, sandbox_factory
+):
+    """Retention may delete planned letters before the run reads them: it ends anyway (here
+    the planned offset 1 holds the run's own replay mark, which is never fed as a letter)."""
+    si = await sandbox_factory()
+    config = parse_config(relay_config(broker, topics, {"sustain_impact": goal_reach_vendor(si)}))
+    await _put(
+        broker.bootstrap, topics.dlq, [(_headers("sustain_impact", "rejected", 0), _events(1)[0])]
+    )
+    plan = await plan_replay(config.kafka, topics.dlq, "sustain_impact", LetterFilter())
+    [letter] = plan.letters
+    missing = msgspec.structs.replace(letter, dlq_offset=1)
+    stale = msgspec.structs.replace(plan, ends={0: 2}, letters=[letter, missing])
+    replay = Replay(config, "sustain_impact", LetterFilter(), plan=stale)
+    counts = await asyncio.wait_for(replay.run(), 30)
+    assert counts["delivered"] == 1
+    assert len(si.accepted) == 1
+    assert [(i.dlq_offset, i.replayed) for i in await read_letters(config.kafka, topics.dlq)] == [
+        (0, True)
+    ]
