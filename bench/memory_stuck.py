@@ -15,7 +15,7 @@ from bench import kafka
 from bench.procs import Proc
 from bench.report import Section, mib
 from bench.sinks import total_stats
-from service.demo import sample_lines
+from service.devtools.demo import sample_lines
 
 if TYPE_CHECKING:
     from bench.run import Bench

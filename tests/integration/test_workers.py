@@ -61,9 +61,8 @@ async def test_a_worker_that_keeps_crashing_makes_the_supervisor_exit_non_zero(
     import asyncio
     import time
 
-    from service.embedded import free_port
-
     from service.config import parse_config
+    from service.net import free_port
     from service.workers import CRASH_LIMIT, Supervisor
 
     si = await sandbox_factory()

@@ -8,9 +8,9 @@ import asyncio
 from collections import Counter
 
 import orjson
-from service.demo import sample_lines
-from service.publish import publish
 
+from service.devtools.demo import sample_lines
+from service.devtools.publish import publish
 from tests.conftest import goal_reach_vendor, relay_config, wait_for
 
 
