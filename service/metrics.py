@@ -247,13 +247,25 @@ class Metrics:
     def watch_gc(self) -> Callable[[], None]:
         """Count this process's garbage collections from now on; returns the function to stop."""
 
+        # Children resolved once: the callback runs on every collection, on the hot path.
+        counters = {
+            generation: (
+                self.gc_collections.labels(str(generation)),
+                self.gc_objects_collected.labels(str(generation)),
+                self.gc_objects_uncollectable.labels(str(generation)),
+            )
+            for generation in range(3)
+        }
+
         def on_gc(phase: str, info: dict[str, Any]) -> None:
             if phase != "stop":
                 return
-            generation = str(info["generation"])
-            self.gc_collections.labels(generation).inc()
-            self.gc_objects_collected.labels(generation).inc(info["collected"])
-            self.gc_objects_uncollectable.labels(generation).inc(info["uncollectable"])
+            collections, collected, uncollectable = counters[info["generation"]]
+            collections.inc()
+            if info["collected"]:
+                collected.inc(info["collected"])
+            if info["uncollectable"]:
+                uncollectable.inc(info["uncollectable"])
 
         gc.callbacks.append(on_gc)
         return lambda: gc.callbacks.remove(on_gc)

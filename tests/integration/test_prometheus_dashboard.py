@@ -476,3 +476,71 @@ async def check_rules(t: dict[str, Any]) -> None:
     alerts = await prom.query("ALERTS")
     held = {(m["alertname"], m.get("vendor"), m.get("reason"), m["alertstate"]) for m, _ in alerts}
     assert held == {("ConversionRelayDeadLetters", "alpha", "rejected", "pending")}
+
+
+async def test_the_dev_modes_own_traffic_holds_no_alert(broker, topics, prometheus_factory):
+    """The demo (`conversion-relay dev`: its config, its strict sandboxes, its traffic with one
+    record in 97 malformed and vendors that skip the goals they do not map), scraped for 40 s:
+    no rule's expression is ever true, so nothing is pending or could fire."""
+    from importlib import resources
+
+    from service.app import Relay
+    from service.config import parse_config
+    from service.dev import _traffic
+    from service.sandbox.base import Sandbox
+    from service.sandbox.registry import contract_for
+    from service.vendors import protocol_tag
+
+    raw = yaml.safe_load(resources.files("service").joinpath("dev_config.yaml").read_text())
+    raw["kafka"]["topics"] = [topics.source]
+    raw["kafka"]["group_prefix"] = f"dev-{topics.source}"
+    raw["dlq"]["topic"] = topics.dlq
+    ports = {name: free_port() for name in raw["vendors"]}
+    env = {"KAFKA_BOOTSTRAP": broker.bootstrap, "HTTP_PORT": str(free_port())}
+    env |= {f"SANDBOX_{n.upper()}_URL": f"http://127.0.0.1:{p}" for n, p in ports.items()}
+    config = parse_config(raw, env)
+    sandboxes = [
+        Sandbox(contract_for(protocol_tag(vendor), vendor), port=ports[name])
+        for name, vendor in config.vendors.items()
+    ]
+    for sandbox in sandboxes:
+        await sandbox.start()
+    relay = Relay(config)
+    relay_task = asyncio.create_task(relay.run(install_signals=False))
+    stop = asyncio.Event()
+    traffic: asyncio.Task[None] | None = None
+    try:
+        await wait_for(lambda: not relay.not_ready_reasons(), 60, "the dev relay ready")
+        server = prometheus_factory({"dev": config.http.port})
+        server.start()
+        await server.wait_ready()
+        deadline = time.monotonic() + 30
+        while not await server.query("conversion_relay_build_info"):  # scraped at least once
+            assert time.monotonic() < deadline, server.logs()
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(2)  # the rules have been evaluated on the scraped relay since
+        watched_from_s = time.time()
+        traffic = asyncio.create_task(_traffic(broker.bootstrap, topics.source, 20.0, stop))
+        rules = [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
+        true_at_some_point: dict[str, list[Any]] = {}
+        for _ in range(8):  # every 5 s for 40 s
+            await asyncio.sleep(5)
+            for rule in rules:
+                result = await server.query(rule["expr"])
+                if result:
+                    true_at_some_point.setdefault(rule["alert"], result)
+        assert sum(len(s.accepted) for s in sandboxes) > 500  # the demo did deliver
+        invalid = await server.query("max(sum by (vendor) (conversion_relay_events_invalid_total))")
+        assert invalid and invalid[0][1] >= 5  # and its malformed records were there
+        assert true_at_some_point == {}
+        # Before the first scrape ConversionRelayAbsent is rightly pending; from then on, nothing.
+        since_s = math.floor(time.time() - watched_from_s)
+        assert await server.query(f"count_over_time(ALERTS[{since_s}s])") == []
+    finally:
+        stop.set()
+        if traffic is not None:
+            await traffic
+        relay.request_stop()
+        await asyncio.wait_for(relay_task, 30)
+        for sandbox in sandboxes:
+            await sandbox.stop()
