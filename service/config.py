@@ -49,6 +49,8 @@ class KafkaConfig(Strict, frozen=True):
     max_poll_interval_ms: PositiveInt = 300_000
     # Idempotence is off by default because Tansu does not support InitProducerId.
     enable_idempotence: bool = False
+    # Records of aborted transactions are never read (every consumer: pipelines, replay, lag).
+    isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
 
 
 EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
@@ -75,10 +77,15 @@ class DlqConfig(Strict, frozen=True):
 class PipelineConfig(Strict, frozen=True):
     """Flow control shared by every vendor pipeline."""
 
+    # Records tracked per pipeline, and per partition from its commit point (the fetch window).
     max_in_flight: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    # Bytes of fetched record values and keys held per pipeline before fetching pauses.
+    max_in_flight_bytes: PositiveInt = 32 * 1024 * 1024
     # Partitions paused at max_in_flight resume below this many in-flight records.
     resume_below: Annotated[int, msgspec.Meta(ge=0)] | None = None
     commit_interval_s: PositiveFloat = 1.0
+    # A commit point that advanced is committed within this delay (commits coalesced over it).
+    commit_coalesce_s: PositiveFloat = 0.1
     revoke_timeout_s: PositiveFloat = 10.0
     shutdown_grace_s: PositiveFloat = 20.0
     max_record_bytes: PositiveInt = 1_048_576

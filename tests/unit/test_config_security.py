@@ -160,7 +160,7 @@ def test_an_http_port_outside_the_range_is_an_error(capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit) as caught:
         build_parser().parse_args(["run", "--http-port", "99999"])
     assert caught.value.code == 2
-    assert "outside 0..65535" in capsys.readouterr().err
+    assert "is not a port (0-65535" in capsys.readouterr().err
     assert build_parser().parse_args(["run", "--http-port", "0"]).http_port == 0
 
 
