@@ -24,10 +24,10 @@ from typing import Any
 import orjson
 import pytest
 
-from service.demo import sample_lines
+from service.devtools.demo import sample_lines
+from service.devtools.publish import publish
 from service.events import decode_event
 from service.logs import JsonFormatter
-from service.publish import publish
 from service.sandbox.base import Sandbox
 from service.sandbox.hostile import HostileVendor, Trap
 from tests.conftest import read_topic, relay_config, wait_for
