@@ -486,7 +486,7 @@ async def test_the_dev_modes_own_traffic_holds_no_alert(broker, topics, promethe
 
     from service.app import Relay
     from service.config import parse_config
-    from service.dev import _traffic
+    from service.devtools.dev import _traffic
     from service.sandbox.base import Sandbox
     from service.sandbox.registry import contract_for
     from service.vendors import protocol_tag
