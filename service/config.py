@@ -31,21 +31,36 @@ class Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 class KafkaConfig(Strict, frozen=True):
     """Where the events are and how to reach the cluster."""
 
+    # Brokers to start from, `host:port` each.
     bootstrap_servers: Annotated[list[str], msgspec.Meta(min_length=1)]
+    # Topics the canonical events are read from; every vendor pipeline reads all of them.
     topics: Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)]
+    # Each vendor's consumer group is `<group_prefix>.<vendor>`.
     group_prefix: Annotated[str, msgspec.Meta(min_length=1)] = "conversion-relay"
+    # Kafka client id of the relay's consumers and producer.
     client_id: str = "conversion-relay"
+    # How to reach the brokers; SASL_* need sasl_mechanism, sasl_username and sasl_password.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    # SASL mechanism (required with SASL_PLAINTEXT / SASL_SSL).
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    # SASL user name.
     sasl_username: str | None = None
+    # SASL password: give it as `${ENV}`, never in the file.
     sasl_password: str | None = None
+    # CA bundle (PEM) the brokers' certificates are checked against.
     ssl_cafile: str | None = None
+    # Client certificate (PEM) for mutual TLS.
     ssl_certfile: str | None = None
+    # Private key (PEM) of ssl_certfile.
     ssl_keyfile: str | None = None
+    # Where a new consumer group starts: the oldest record or only new ones.
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     # Real Kafka wants >= 6000 ms; the embedded Tansu broker rebalances faster with less.
     session_timeout_ms: PositiveInt = 10_000
+    # Consumer heartbeat interval; must be below session_timeout_ms.
     heartbeat_interval_ms: PositiveInt = 3_000
+    # Kafka's poll deadline; the fetch loop keeps polling while paused, so a slow vendor
+    # never exceeds it.
     max_poll_interval_ms: PositiveInt = 300_000
     # Idempotence is off by default because Tansu does not support InitProducerId.
     enable_idempotence: bool = False
@@ -59,7 +74,9 @@ EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 class HttpConfig(Strict, frozen=True):
     """The health and metrics server: /livez /readyz /metrics for anyone, /status by choice."""
 
+    # Interface the server binds (`127.0.0.1` when nothing outside scrapes it).
     host: str = "0.0.0.0"
+    # Port of /livez /readyz /metrics /status (0 picks a free one).
     port: Port = 8080
     # Who may read /status: `loopback` (only clients on 127.0.0.1/::1, e.g. kubectl port-forward),
     # `token` (a client sending `Authorization: Bearer <$status_token_env>`), or `any`.
@@ -71,6 +88,7 @@ class HttpConfig(Strict, frozen=True):
 class DlqConfig(Strict, frozen=True):
     """Where dead letters go."""
 
+    # The dead-letter topic: failed records with their story in `relay-*` headers.
     topic: Annotated[str, msgspec.Meta(min_length=1)] = "conversions.dlq"
 
 
@@ -83,11 +101,15 @@ class PipelineConfig(Strict, frozen=True):
     max_in_flight_bytes: PositiveInt = 32 * 1024 * 1024
     # Partitions paused at max_in_flight resume below this many in-flight records.
     resume_below: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    # Offsets are committed at least this often (and on every revocation).
     commit_interval_s: PositiveFloat = 1.0
     # A commit point that advanced is committed within this delay (commits coalesced over it).
     commit_coalesce_s: PositiveFloat = 0.1
+    # How long a revocation waits for the in-flight deliveries of the revoked partitions.
     revoke_timeout_s: PositiveFloat = 10.0
+    # SIGTERM drain budget: in-flight records finish within it, then offsets are committed.
     shutdown_grace_s: PositiveFloat = 20.0
+    # Larger records are dead-lettered as invalid (`too_large`).
     max_record_bytes: PositiveInt = 1_048_576
     # How often each pipeline refreshes its consumer-lag gauge.
     lag_interval_s: PositiveFloat = 5.0
@@ -103,13 +125,19 @@ class PipelineConfig(Strict, frozen=True):
 class Config(Strict, frozen=True):
     """The whole configuration."""
 
+    # The Kafka cluster and topics.
     kafka: KafkaConfig
+    # The vendors, by name; each entry's `protocol` picks its wire format.
     vendors: dict[str, VendorConfig]
+    # The health and metrics server.
     http: HttpConfig = HttpConfig()
+    # Where dead letters go.
     dlq: DlqConfig = DlqConfig()
+    # Flow control shared by every vendor pipeline.
     pipeline: PipelineConfig = PipelineConfig()
     # Optional shared state: global rate limits, Retry-After pauses and the dedup store.
     redis: RedisConfig | None = None
+    # Skipping events already delivered to a vendor (same event_id).
     dedup: DedupConfig = DedupConfig()
     # Relay processes in this container (`run --workers N` overrides): one per core.
     workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1

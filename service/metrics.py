@@ -63,6 +63,9 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         p = PREFIX
+        # The version, git sha and vendors (comma-separated, sorted) of the running relay. The
+        # dashboard and the alert rules recognise relay targets by this series, whatever their job
+        # is called.
         # A gauge of 1 rather than an Info: Info does not work across worker processes.
         self.build_info = Gauge(
             f"{p}_build_info",
@@ -71,6 +74,7 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        # Kafka records fetched by each vendor's pipeline.
         self.events_consumed = Counter(
             f"{p}_events_consumed_total",
             "Kafka records fetched, per vendor pipeline and topic.",
@@ -83,30 +87,44 @@ class Metrics:
             ["vendor"],
             registry=r,
         )
+        # Records that are not valid events (`reason`: `not_json`, `schema` or `too_large`). They go
+        # to the DLQ as `invalid_event`.
         self.events_invalid = Counter(
             f"{p}_events_invalid_total",
             "Records that are not valid conversion events.",
             ["vendor", "reason"],
             registry=r,
         )
+        # Delivery outcomes. `delivered`: the vendor accepted it. `rejected`: the vendor refused it
+        # (4xx, error body), so it was dead-lettered. `retried`: one more attempt is scheduled (this
+        # outcome is not terminal). `skipped`: not for this vendor on purpose. `deduplicated`:
+        # already delivered. `dead_lettered`: retries were exhausted. `expired`: older than
+        # `max_event_age_s`, so it was dead-lettered.
         self.deliveries = Counter(
             f"{p}_deliveries_total",
             "Terminal and retry outcomes of deliveries, per vendor.",
             ["vendor", "outcome"],
             registry=r,
         )
+        # Events not sent to a vendor on purpose: `no_route` (no goal mapping), `not_listed` (the
+        # event's `vendors` leaves this vendor out), `missing_identity` (no customer id this vendor
+        # needs), `tombstone` (a null value: Kafka's deletion marker, not an event).
         self.skipped = Counter(
             f"{p}_skipped_total",
             "Events not sent to a vendor on purpose, by reason.",
             ["vendor", "reason"],
             registry=r,
         )
+        # HTTP requests sent to vendors, by `2xx`/`3xx`/`4xx`/`5xx`, or `error` (timeout,
+        # connection).
         self.http_requests = Counter(
             f"{p}_http_requests_total",
             "HTTP requests sent to vendors, by status class.",
             ["vendor", "status_class"],
             registry=r,
         )
+        # Round-trip time of vendor HTTP requests, 5 ms to 30 s buckets (`_bucket`, `_sum`,
+        # `_count`).
         self.request_duration = Histogram(
             f"{p}_request_duration_seconds",
             "Vendor HTTP round-trip time.",
@@ -114,6 +132,8 @@ class Metrics:
             buckets=REQUEST_BUCKETS_S,
             registry=r,
         )
+        # Time from the event's `occurred_at` (or its Kafka timestamp) to its delivery, 10 ms to 1
+        # day buckets.
         self.end_to_end_latency = Histogram(
             f"{p}_end_to_end_latency_seconds",
             "From the event's occurred_at (or Kafka timestamp) to its delivery.",
@@ -121,6 +141,7 @@ class Metrics:
             buckets=END_TO_END_BUCKETS_S,
             registry=r,
         )
+        # Records fetched but not yet terminal. At most `pipeline.max_in_flight` per replica.
         self.in_flight = Gauge(
             f"{p}_in_flight",
             "Records fetched and not yet terminal, per vendor.",
@@ -128,6 +149,8 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        # 1 while the pipeline has paused fetching: its in-flight cap was reached, or deliveries are
+        # held (for example by an open breaker).
         self.paused = Gauge(
             f"{p}_paused",
             "1 while a vendor pipeline has paused fetching (in-flight cap).",
@@ -135,30 +158,36 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        # Dead letters written. `reason` is one of `invalid_event`, `rejected`, `retries_exhausted`
+        # or `expired`.
         self.dlq_writes = Counter(
             f"{p}_dlq_writes_total",
             "Dead letters written, per vendor and reason.",
             ["vendor", "reason"],
             registry=r,
         )
+        # Failed attempts to write a dead letter. They are retried, and the offset waits.
         self.dlq_write_failures = Counter(
             f"{p}_dlq_write_failures_total",
             "Failed attempts to write a dead letter (retried).",
             ["vendor"],
             registry=r,
         )
+        # Offset commits of the vendor's consumer group.
         self.commits = Counter(
             f"{p}_commits_total", "Offset commits, per vendor group.", ["vendor"], registry=r
         )
         self.commit_failures = Counter(
             f"{p}_commit_failures_total", "Offset commits that failed.", ["vendor"], registry=r
         )
+        # Partition assignments the vendor's group received.
         self.rebalances = Counter(
             f"{p}_rebalances_total",
             "Partition assignments received, per vendor group.",
             ["vendor"],
             registry=r,
         )
+        # Partitions currently assigned to this replica for the vendor.
         self.assigned_partitions = Gauge(
             f"{p}_assigned_partitions",
             "Partitions currently assigned, per vendor group.",
@@ -166,6 +195,7 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        # High watermark minus committed offset, for each vendor group and partition.
         self.consumer_lag = Gauge(
             f"{p}_consumer_lag",
             "High watermark minus committed offset, per vendor group.",
@@ -173,6 +203,8 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        # 1 while the shared (Redis) rate limiter is unreachable and this replica limits on its own
+        # share.
         self.ratelimit_fallback = Gauge(
             f"{p}_ratelimit_fallback",
             "1 while the shared (Redis) rate limit is unreachable and this replica limits alone.",
@@ -180,18 +212,22 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        # Total seconds requests spent waiting for the rate limiter. As a `rate()`, it is about the
+        # number of requests waiting at any moment.
         self.ratelimit_wait_seconds = Counter(
             f"{p}_ratelimit_wait_seconds_total",
             "Seconds requests waited for the rate limiter.",
             ["vendor"],
             registry=r,
         )
+        # Vendor-wide pauses ordered by a `Retry-After` answer (429/503).
         self.retry_after_pauses = Counter(
             f"{p}_retry_after_pauses_total",
             "Vendor-wide pauses ordered by a Retry-After answer.",
             ["vendor"],
             registry=r,
         )
+        # How many requests the vendor may have in flight now (adaptive).
         self.concurrency_limit = Gauge(
             f"{p}_concurrency_limit",
             "Requests a vendor may have in flight now (adaptive).",
@@ -199,6 +235,7 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        # Circuit breaker state: 0 closed, 1 half-open, 2 open.
         self.breaker_state = Gauge(
             f"{p}_breaker_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
@@ -206,12 +243,17 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        # Pipeline tasks (`worker`, `fetch`, `commit`, `lag`) that died with an error; each is
+        # logged with its traceback and restarted, and `/readyz` is 503 meanwhile. Any increase is a
+        # bug to report.
         self.task_failures = Counter(
             f"{p}_task_failures_total",
             "Pipeline tasks (worker, fetch, commit, lag) that died and were restarted.",
             ["vendor", "task"],
             registry=r,
         )
+        # Records the Kafka client could not read (unparseable record, corrupt batch, undecodable
+        # compression); each is dead-lettered as `unreadable_record` at its source coordinates.
         self.records_unreadable = Counter(
             f"{p}_records_unreadable_total",
             "Records the Kafka client could not read (dead-lettered as unreadable_record).",

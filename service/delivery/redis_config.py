@@ -31,19 +31,29 @@ SEVEN_DAYS_S = 7 * 24 * 3600.0
 class RedisConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Where Redis is, how many replicas share its limits, and how patient to be with it."""
 
+    # `redis://[:password@]host:port/db`, `rediss://` for TLS, or `unix://`; give it as `${ENV}`.
     url: Annotated[str, msgspec.Meta(pattern=r"^(redis|rediss|unix)://")]
+    # Replicas sharing the limits: while Redis is down each takes `per_s / replicas`.
     replicas: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
+    # Prefix of every key the relay writes.
     key_prefix: str = "conversion-relay:"
+    # Per command; a slower Redis counts as down.
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
+    # While Redis is down, how often the limiter tries it again.
     reprobe_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
 
 
 class DedupConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Where delivered (vendor, event_id) pairs are remembered, and for how long."""
 
+    # Off: every event is sent even if it was delivered before.
     enabled: bool = True
+    # `memory`: per process, a bounded LRU, lost on restart; `redis`: shared, survives
+    # restarts (needs `redis:`).
     backend: Literal["memory", "redis"] = "memory"
+    # How long a delivered (vendor, event_id) is remembered (default 7 days).
     ttl_s: Annotated[float, msgspec.Meta(gt=0)] = SEVEN_DAYS_S
+    # Memory backend only: the LRU's size.
     max_entries: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
 
 

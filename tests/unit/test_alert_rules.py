@@ -1,6 +1,6 @@
 """Alert rules and dashboard queries: promtool accepts and unit-tests the rules, every PromQL
 expression parses, and every metric it names is one the relay exports (a scrape of the
-catalogue, not a hand-written list). Each alert links to a runbook section that exists."""
+catalogue, not a hand-written list). Each alert links to its runbook page in docs/runbooks/."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 ALERTS_TEST = ROOT / "tests" / "fixtures" / "alerts_test.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "conversion-relay.json"
-DOC = ROOT / "README.md"
-RUNBOOK_BASE = "https://github.com/example/conversion-relay#"
+RUNBOOKS = ROOT / "docs" / "runbooks"
+RUNBOOK_BASE = "https://github.com/example/conversion-relay/blob/main/docs/runbooks/"
 # Prometheus' own metric, written by the scrape itself.
 PROMETHEUS_METRICS = {"up"}
 # Labels Prometheus attaches to every scraped series (namespace: the Prometheus operator's).
@@ -172,8 +172,7 @@ def test_rules_are_complete() -> None:
         assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
         annotations = rule["annotations"]
         assert set(annotations) >= {"summary", "description", "runbook_url"}, rule["alert"]
-        anchor = f"runbook-{rule['alert'].lower()}"
-        assert annotations["runbook_url"] == RUNBOOK_BASE + anchor, rule["alert"]
+        assert annotations["runbook_url"] == f"{RUNBOOK_BASE}{rule['alert']}.md", rule["alert"]
 
 
 def test_every_rule_waits_before_firing() -> None:
@@ -211,20 +210,17 @@ def test_demo_traffic_hour_checks_every_alert_quiet() -> None:
     assert all(not c.get("exp_alerts") for c in demo["alert_rule_test"])
 
 
-def github_slug(heading: str) -> str:
-    """The anchor GitHub gives a Markdown heading."""
-    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
-    return text.replace(" ", "-")
-
-
-def test_every_runbook_link_has_a_section() -> None:
-    """The README has a heading for each alert's runbook anchor (and for #runbook)."""
-    headings = re.findall(r"^#{1,6}\s+(.+?)\s*$", DOC.read_text(), flags=re.MULTILINE)
-    anchors = {github_slug(h) for h in headings}
-    assert "runbook" in anchors
+def test_every_runbook_link_has_a_page() -> None:
+    """Each alert's runbook_url names a page of docs/runbooks/ about that alert (and the
+    dashboard's Runbook link names the runbooks' index)."""
+    assert (RUNBOOKS / "README.md").is_file()
     for rule in alert_rules():
-        anchor = rule["annotations"]["runbook_url"].rpartition("#")[2]
-        assert anchor in anchors, f"{rule['alert']}: no section for #{anchor}"
+        page = RUNBOOKS / rule["annotations"]["runbook_url"].rpartition("/")[2]
+        assert page.is_file(), f"{rule['alert']}: no runbook page {page.name}"
+        headings = re.findall(r"^#{1,6}\s+(.+?)\s*$", page.read_text(), flags=re.MULTILINE)
+        assert headings[0] == f"Runbook: {rule['alert']}"
+    links = [link["url"] for link in json.loads(DASHBOARD.read_text())["links"]]
+    assert RUNBOOK_BASE + "README.md" in links
 
 
 def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
