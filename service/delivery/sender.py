@@ -21,7 +21,6 @@ The pipeline (dedup before, DLQ after) calls only `deliver`; it also reads `send
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -114,13 +113,14 @@ class BreakerLayer:
         breaker: CircuitBreaker | None,
         on_state: Callable[[BreakerState], None],
         monotonic: Clock,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.vendor = vendor
         self.breaker = breaker
         self._on_state = on_state
         self._monotonic = monotonic
+        self._sleep = sleep
         self._shown = BreakerState.CLOSED
-        self._changed = asyncio.Event()
         self._waited: set[int] = set()  # ids of the records held during this outage
 
     @property
@@ -142,9 +142,10 @@ class BreakerLayer:
         while not breaker.allow(self._monotonic()):
             self._waited.add(id(attempts))
             self._sync()
+            # Until the next probe may go (at most one interval): the probe itself is the first
+            # delivery once the vendor is back, so waking later costs the others < 1 interval.
             delay_s = min(breaker.config.probe_interval_s, breaker.retry_in_s(self._monotonic()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), max(0.01, delay_s))
+            await self._sleep(max(0.01, delay_s))
         self._sync()
         return self._monotonic() - started_s
 
@@ -159,15 +160,13 @@ class BreakerLayer:
         self._sync()
 
     def _sync(self) -> None:
-        """Publish a change of state: gauge, log, wake the waiters."""
+        """Publish a change of state: gauge and log."""
         state = self.state
         if state is self._shown:
             return
         was = self._shown
         self._shown = state
         self._on_state(state)
-        self._changed.set()
-        self._changed = asyncio.Event()
         breaker = self.breaker
         if breaker is None:
             return
@@ -430,7 +429,11 @@ class Sender:
         self._limit_gauge.set(self.concurrency.limit)
         # The layers, outermost first (composed in `deliver`).
         self._breaker_layer = BreakerLayer(
-            vendor, self.breaker, lambda s: self._breaker_gauge.set(s.gauge_value), monotonic
+            vendor,
+            self.breaker,
+            lambda s: self._breaker_gauge.set(s.gauge_value),
+            monotonic,
+            sleep,
         )
         self._pause = PauseLayer(vendor, limiter, clock, sleep)
         self._gate = ConcurrencyGate(self.concurrency, self._limit_gauge.set, monotonic)
