@@ -209,7 +209,9 @@ async def test_after_any_outage_the_first_delivery_comes_within_3_s_at_the_defau
     assert transport.sent < outage_s * 1.3 + 100
 
 
-async def test_breaker_open_and_close_are_one_warning_each(caplog: pytest.LogCaptureFixture) -> None:
+async def test_breaker_open_and_close_are_one_warning_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Opening logs one warning, closing one (with the outage length and events that waited);
     steady failures in between log nothing more."""
     caplog.set_level(logging.INFO, logger="conversion_relay")
@@ -265,18 +267,14 @@ async def test_a_redirect_is_never_delivered_and_names_the_location_host() -> No
 async def test_a_status_override_cannot_make_a_redirect_delivered() -> None:
     """`status_actions: {302: delivered}` is refused by the config."""
     with pytest.raises(msgspec.ValidationError, match="redirect"):
-        msgspec.convert(
-            {"base_url": "http://v.test", "status_actions": {302: "delivered"}}, Config
-        )
+        msgspec.convert({"base_url": "http://v.test", "status_actions": {302: "delivered"}}, Config)
 
 
 async def test_the_rate_token_is_taken_inside_the_concurrency_gate() -> None:
     """With adaptive concurrency at 1, a second request waits at the gate before its token."""
     order: list[str] = []
     clock = Clock()
-    sender, limiter = make_sender(
-        FakeTransport([(200, {})]), clock, adaptive_concurrency=True
-    )
+    sender, limiter = make_sender(FakeTransport([(200, {})]), clock, adaptive_concurrency=True)
     release = asyncio.Event()
 
     async def acquire(vendor: str, account: str = "") -> float:
