@@ -161,7 +161,9 @@ async def test_after_an_outage_the_first_delivery_comes_within_3_s(sandbox_facto
         sandbox.accepted.clear()
         await sandbox.go_up()
         up_s = time.time()
-        while not sandbox.accepted and time.time() - up_s < 10:
+        for _ in range(200):  # up to 10 s
+            if sandbox.accepted:
+                break
             await asyncio.sleep(0.05)
         assert sandbox.accepted, "nothing delivered 10 s after the vendor came back"
         print(f"first delivery {sandbox.accepted[0].at_s - up_s:.2f}s after up")

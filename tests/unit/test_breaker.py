@@ -3,6 +3,8 @@ judged by the ratio, and only fresh answers judged."""
 
 from __future__ import annotations
 
+import itertools
+
 import msgspec
 import pytest
 from hypothesis import given
@@ -62,7 +64,7 @@ def test_while_open_it_grants_one_probe_per_jittered_interval_forever() -> None:
     granted = [t / 10 for t in range(1000, 1000 + 36000) if breaker.allow(t / 10)]
     for t in granted:
         breaker.record(False, t, t)
-    gaps = [b - a for a, b in zip(granted, granted[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(granted)]
     assert 3500 <= len(granted) <= 3700
     assert all(0.8 - 1e-9 <= g <= 1.3 for g in gaps)
 
