@@ -11,7 +11,13 @@ import msgspec
 import pytest
 
 from service.core.breaker import BreakerState
-from service.core.exchange import DecisionKind, Outcome, VendorRequest, VendorResponse
+from service.core.exchange import (
+    DecisionKind,
+    Outcome,
+    OutcomeKind,
+    VendorRequest,
+    VendorResponse,
+)
 from service.core.retry import classify_status
 from service.delivery.ratelimit import LocalRateLimiter
 from service.delivery.sender import Attempts, Sender
@@ -235,21 +241,15 @@ async def test_one_warning_per_retry_after_pause_start(caplog: pytest.LogCapture
     """Many 429s inside one pause log one line; a pause after it ended logs another."""
     caplog.set_level(logging.INFO, logger="conversion_relay")
     clock = Clock()
-    sender, limiter = make_sender(FakeTransport([(429, {"Retry-After": "5"})]), clock)
-    for _ in range(10):
-        await limiter.pause_until("v", clock.now_s)  # nothing
-        sender.breaker = None
-        await sender._pause.after(Outcome(kind=sender_retry(), status=429, retry_after_s=5.0))
+    sender, _ = make_sender(FakeTransport([(429, {"Retry-After": "5"})]), clock)
+    await sender.deliver(REQUEST, Attempts())  # the first 429 starts a pause
+    throttled = Outcome(kind=OutcomeKind.RETRY, status=429, retry_after_s=5.0)
+    for _ in range(10):  # nine more 429s of requests in flight meanwhile, inside that pause
+        await sender._pause.after(throttled)
     clock.now_s += 6
-    await sender._pause.after(Outcome(kind=sender_retry(), status=429, retry_after_s=5.0))
+    await sender.deliver(REQUEST, Attempts())  # after it ended: a new pause
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) == 2 and all("paused" in line for line in lines), lines
-
-
-def sender_retry() -> Any:
-    from service.core.exchange import OutcomeKind
-
-    return OutcomeKind.RETRY
 
 
 async def test_a_redirect_is_never_delivered_and_names_the_location_host() -> None:
@@ -301,19 +301,17 @@ async def test_adaptive_concurrency_rises_above_one_when_the_gate_is_full() -> N
     """Fed the true in-flight count, the limit climbs while every slot is busy."""
     clock = Clock()
     sender, _ = make_sender(FakeTransport([(200, {})]), clock, adaptive_concurrency=True)
-    gate_free = asyncio.Event()
 
     class Busy(FakeTransport):
         async def send(self, request: VendorRequest) -> VendorResponse:
-            clock.now_s += 0.1
-            await asyncio.sleep(0)
+            clock.now_s += 0.01  # the controller's windows run on the fake clock
+            await asyncio.sleep(0.002)  # a steady vendor: the same real RTT at any concurrency
             return await super().send(request)
 
     sender._transport = Busy([(200, {})])
-    gate_free.set()
 
     async def worker() -> None:
-        for _ in range(50):
+        for _ in range(30):
             await sender.deliver(REQUEST, Attempts())
 
     await asyncio.gather(*(worker() for _ in range(16)))
