@@ -196,8 +196,9 @@ class LocalRateLimiter:
         until_s = self._clock() + (until_epoch_s - self._wall_clock())
         if until_s <= self._paused_until.get(vendor, -math.inf) or until_s <= self._clock():
             return False
+        started = self.pause_left_s(vendor) == 0.0  # the counter counts pauses, not extensions
         self._paused_until[vendor] = until_s
-        if count and self._metrics is not None:
+        if count and started and self._metrics is not None:
             self._metrics.retry_after_pauses.labels(vendor).inc()
         return True
 
