@@ -2,9 +2,18 @@
 # conversion-relay image: a builder with uv installs the locked runtime dependencies and the
 # project into /app/.venv; the runtime stage is the same slim Python with only that venv.
 #
+#   make image     (docker where an engine runs, else buildah: scripts/build-image.sh)
 #   docker build -t conversion-relay:0.1.0 .
 #   docker run --rm -p 8080:8080 -e KAFKA_BOOTSTRAP=broker:9092 conversion-relay:0.1.0
 
+# Base image pinning: the tag names an exact Python patch release (3.11.14) on a fixed Debian
+# (bookworm), but a tag can be re-pushed. To pin the bytes too, append the digest to both
+# FROM lines, resolved where a registry is reachable and refreshed by a dependency bot:
+#   docker buildx imagetools inspect python:3.11.14-slim-bookworm --format '{{json .Manifest.Digest}}'
+#   FROM python:3.11.14-slim-bookworm@sha256:<that digest> AS builder
+# It is not appended here because this repository is built and tested without registry access,
+# and a digest that was never resolved against the registry would be a made-up value; the chart
+# pins the relay image itself by digest (image.digest).
 # ---- builder: uv + the locked dependencies, then the project ----------------------------
 FROM python:3.11.14-slim-bookworm AS builder
 
@@ -23,16 +32,23 @@ WORKDIR /app
 
 # Dependencies alone first: this layer is rebuilt only when pyproject.toml or uv.lock change.
 # Runtime dependencies only: no extras (no embedded broker, no test tools), no dev groups.
+# Bind targets are absolute: BuildKit resolves relative ones against WORKDIR, buildah does not.
+# An optional build secret `ca_bundle` (a PEM bundle) is trusted for the downloads, for networks
+# whose TLS-intercepting proxy has its own CA: `--secret id=ca_bundle,src=/etc/ssl/certs/...`.
 RUN --mount=type=cache,target=/root/.cache/uv \
-    --mount=type=bind,source=uv.lock,target=uv.lock \
-    --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
-    uv sync --frozen --no-dev --no-install-project
+    --mount=type=bind,source=uv.lock,target=/app/uv.lock \
+    --mount=type=bind,source=pyproject.toml,target=/app/pyproject.toml \
+    --mount=type=secret,id=ca_bundle \
+    if [ -s /run/secrets/ca_bundle ]; then export SSL_CERT_FILE=/run/secrets/ca_bundle; fi \
+    && uv sync --frozen --no-dev --no-install-project
 
 # Then the code, installed as a regular (non-editable) package so the venv stands alone.
 COPY pyproject.toml uv.lock README.md ./
 COPY service ./service
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-editable
+    --mount=type=secret,id=ca_bundle \
+    if [ -s /run/secrets/ca_bundle ]; then export SSL_CERT_FILE=/run/secrets/ca_bundle; fi \
+    && uv sync --frozen --no-dev --no-editable
 
 # ---- runtime: the same slim Python, the venv and nothing else ----------------------------
 FROM python:3.11.14-slim-bookworm AS runtime

@@ -6,7 +6,7 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
-.PHONY: run test lint typecheck unit bench clean env tools
+.PHONY: run test lint typecheck unit bench clean env tools image
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -41,6 +41,11 @@ unit: env
 bench: env
 	VENV=$(VENV) bash bench/setup.sh
 	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)
+
+# The container image: docker where an engine answers, else buildah (scripts/install-buildah.sh,
+# as root), with local stand-ins for base images that cannot be pulled (the script says so).
+image: $(UV)
+	bash scripts/build-image.sh
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

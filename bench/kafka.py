@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
 
-from service.demo import sample_event
-from service.embedded import create_topics
+from service.devtools.demo import sample_event
+from service.devtools.embedded import create_topics
+from service.devtools.publish import record_key
 from service.events import encode_event
-from service.publish import record_key
 
 PARTITIONS = 4
 

@@ -18,7 +18,7 @@ import yaml
 
 from bench.procs import ROOT, Proc, python_module
 from bench.workload import GOALS, HEARTBEAT_INTERVAL_MS, SESSION_TIMEOUT_MS, VENDOR
-from service.embedded import free_port
+from service.net import free_port
 
 FIVE_VENDORS = ("sustain_impact", "sales_ninja", "expertsender", "altcraft", "conductrics")
 

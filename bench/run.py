@@ -24,16 +24,26 @@ import aiohttp
 
 from bench import kafka, relay
 from bench.adaptive import adaptive_section
+from bench.memory_stuck import memory_stuck
 from bench.procs import Proc, Usage, install_signal_handlers, python_module, stop_all
 from bench.report import Noise, Row, Section, machine, mib, num, throughput_section
 from bench.sinks import NginxSink, SandboxSink, Sink, SinkStats, nginx_binary, total_stats
 from bench.workload import VENDOR
 from service.config import parse_config
-from service.demo import sample_lines
-from service.embedded import EmbeddedBroker
+from service.devtools.demo import sample_lines
+from service.devtools.embedded import EmbeddedBroker
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-SCENARIOS = ("throughput", "nginx", "latency", "memory", "ratelimit", "workers", "adaptive")
+SCENARIOS = (
+    "throughput",
+    "nginx",
+    "latency",
+    "memory",
+    "memory_stuck",
+    "ratelimit",
+    "workers",
+    "adaptive",
+)
 CONTENDERS = ("kafka", "client", "naive", "faststream", "faststream64", "relay1", "relay5")
 POLL_S = 0.1
 
@@ -825,6 +835,8 @@ async def run(settings: Settings, scenarios: list[str]) -> str:
                 await bench.latency()
             if "memory" in scenarios:
                 await bench.memory()
+            if "memory_stuck" in scenarios:
+                await memory_stuck(bench)
             if "ratelimit" in scenarios:
                 await bench.ratelimit()
             if "workers" in scenarios and shared is not None and shared[1] is not None:

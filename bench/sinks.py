@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from bench.procs import Proc, python_module, wait_port
-from service.embedded import free_port
+from service.net import free_port
 
 NGINX_CONF = Path(__file__).with_name("nginx.conf")
 

@@ -1,10 +1,10 @@
 """What every contender works on: the same events, the same vendor settings, the same bodies.
 
-The backlog is `service.demo.sample_lines(n)` (deterministic, seed 7). The single-vendor runs
-deliver to `sustain_impact` (goal reach) with all three sample goals mapped, so every event is
-one delivery. Baselines and the client ceiling build their request bodies with the relay's own
-goal-reach adapter, so every contender sends byte-identical bodies to the same strict sink: what
-differs is only how the events get from Kafka to HTTP.
+The backlog is `service.devtools.demo.sample_lines(n)` (deterministic, seed 7). The single-
+vendor runs deliver to `sustain_impact` (goal reach) with all three sample goals mapped, so
+every event is one delivery. Baselines and the client ceiling build their request bodies with
+the relay's own goal-reach adapter, so every contender sends byte-identical bodies to the same
+strict sink: what differs is only how the events get from Kafka to HTTP.
 """
 
 from __future__ import annotations

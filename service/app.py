@@ -10,11 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from service import __version__
 from service.config import Config
+from service.core.redact import redact
 from service.delivery.dedup import DedupStore, make_dedup_store
 from service.delivery.dlq import DeadLetterWriter
 from service.delivery.pipeline import VendorPipeline
@@ -25,7 +27,14 @@ from service.delivery.ratelimit import (
     partition_share,
 )
 from service.delivery.redis_config import redis_client
-from service.delivery.replay import LetterFilter, end_offsets, record_filter, wait_caught_up
+from service.delivery.replay import (
+    LetterFilter,
+    ReplayConsumer,
+    ReplayPlan,
+    WriteBackWriter,
+    plan_replay,
+    wait_done,
+)
 from service.delivery.sender import Sender
 from service.delivery.transport import AiohttpTransport, close_sessions, new_session
 from service.http import start_http
@@ -46,12 +55,14 @@ class Relay:
     ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
-        self.metrics.build_info.labels(__version__, os.environ.get("GIT_SHA", "unknown")).set(1)
         enabled = config.enabled_vendors()
         unknown = sorted(set(vendors or ()) - set(enabled))
         if unknown:
             raise ValueError(f"--vendor {', '.join(unknown)}: not an enabled vendor")
         self.vendor_names = [v for v in enabled if not vendors or v in vendors]
+        self.metrics.build_info.labels(
+            __version__, os.environ.get("GIT_SHA", "unknown"), ",".join(sorted(self.vendor_names))
+        ).set(1)
         self.pipelines: dict[str, VendorPipeline] = {}
         self.http_port: int | None = None
         self._stop = asyncio.Event()
@@ -86,6 +97,8 @@ class Relay:
                 reasons[name] = "pipeline not started"
             elif not pipeline.joined:
                 reasons[name] = "consumer has not joined its group"
+            elif pipeline.down_tasks:
+                reasons[name] = f"tasks died, restarting: {', '.join(pipeline.down_tasks)}"
             elif not pipeline.ready:
                 reasons[name] = "Kafka group coordinator unreachable"
         return reasons
@@ -103,12 +116,14 @@ class Relay:
                     assigned_partitions=[f"{tp.topic}:{tp.partition}" for tp in pipeline.assigned],
                     lag=pipeline.lag(),
                     in_flight=pipeline.in_flight,
+                    in_flight_bytes=pipeline.in_flight_bytes,
+                    window=pipeline.window,
                     paused=pipeline.paused,
                     breaker=pipeline.sender.breaker_state,
                     concurrency_limit=pipeline.sender.concurrency.limit,
                     concurrency_max=vendor.concurrency,
                     rate_limit_per_s=vendor.rate_limit.per_s if vendor.rate_limit else None,
-                    last_error=pipeline.last_error or None,
+                    last_error=redact(pipeline.last_error) if pipeline.last_error else None,
                 )
             vendors[name] = entry
         return {"version": __version__, "ready": not self.not_ready_reasons(), "vendors": vendors}
@@ -138,8 +153,11 @@ class Relay:
         topics: list[str] | None = None,
         group: str | None = None,
         accept: Callable[[Any], str | None] | None = None,
+        consumer: Any = None,
+        dlq: DeadLetterWriter | None = None,
     ) -> VendorPipeline:
-        """A vendor's pipeline: live topics and group by default, or replay's DLQ and group."""
+        """A vendor's pipeline: live topics and group by default; replay passes its own consumer
+        (the planned letters only) and dead-letter writer (write-backs)."""
         vendor = self.config.vendors[name]
         session = self._sessions.get(name)
         if session is None:
@@ -150,17 +168,19 @@ class Relay:
             name, make_adapter(name, vendor), transport, vendor, self.metrics, self._limiter
         )
         kafka = self.config.kafka
-        live = topics is None
+        live = topics is None and consumer is None  # not replay (it brings its own consumer)
         group = group or f"{kafka.group_prefix}.{name}"
-        consumer = AIOKafkaConsumer(**consumer_kwargs(kafka, group))
+        if consumer is None:
+            consumer = AIOKafkaConsumer(**consumer_kwargs(kafka, group))
         if live:  # the live group's partition share is this process' share of the fleet
             self._limiter.set_share(name, partition_share(consumer, list(kafka.topics)))
-        assert self._dlq is not None
+        dlq = dlq or self._dlq
+        assert dlq is not None
         return VendorPipeline(
             name,
             vendor,
             sender,
-            self._dlq,
+            dlq,
             consumer,
             topics or list(kafka.topics),
             self.config.pipeline,
@@ -232,67 +252,99 @@ class Relay:
         log.info("serving /livez /readyz /metrics /status on port %s", self.http_port)
         if on_ready is not None:
             on_ready(self)
+        stop_gc_count = self.metrics.watch_gc()
         try:
             await self.start_shared()
             tasks = [asyncio.create_task(self._supervise(n)) for n in self.vendor_names]
             await self._stop.wait()
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
+            stop_gc_count()
             await self.close()
             await runner.cleanup()
         log.info("stopped")
         return 0
 
 
+REPLAY_WINDOW_PER_CONCURRENCY = 4
 REPLAY_OUTCOMES = ("delivered", "rejected", "dead_lettered", "expired", "skipped", "deduplicated")
 
 
 class Replay:
-    """Re-delivers matching dead letters to one vendor, then stops at the DLQ's end as of start."""
+    """Re-delivers the planned dead letters to one vendor through its pipeline, then stops.
 
-    def __init__(self, config: Config, vendor: str, letters: LetterFilter) -> None:
+    The plan (end offsets taken at the start, the vendor's open letters matching the filter) is
+    the same one `--dry-run` shows; nothing written during the run is read by it.
+    """
+
+    def __init__(
+        self, config: Config, vendor: str, letters: LetterFilter, plan: ReplayPlan | None = None
+    ) -> None:
+        if vendor in config.vendors:
+            # A short window in flight, so Ctrl-C finishes a few letters and stops promptly
+            # (the rest stay open for the next run) instead of working off a long queue.
+            window = max(2, REPLAY_WINDOW_PER_CONCURRENCY * config.vendors[vendor].concurrency)
+            pipeline = msgspec.structs.replace(
+                config.pipeline, max_in_flight=min(config.pipeline.max_in_flight, window)
+            )
+            config = msgspec.structs.replace(config, pipeline=pipeline)
         self.relay = Relay(config, vendors=[vendor])
         self.vendor = vendor
         self.letters = letters
+        self.plan = plan
+        self._consumer: ReplayConsumer | None = None
         self._stop = asyncio.Event()
+
+    @property
+    def total(self) -> int | None:
+        """How many letters this run replays (None until planned)."""
+        return len(self.plan.letters) if self.plan is not None else None
+
+    @property
+    def done(self) -> int:
+        """Letters finished (delivered, skipped or written back) and marked so far."""
+        return self._consumer.done if self._consumer is not None else 0
 
     def counts(self) -> dict[str, int]:
         """Outcomes so far, from the relay's own metrics."""
         sample = self.relay.metrics.registry.get_sample_value
-        counts = {
+        return {
             o: int(
                 sample("conversion_relay_deliveries_total", {"vendor": self.vendor, "outcome": o})
                 or 0
             )
             for o in REPLAY_OUTCOMES
         }
-        counts["filtered"] = int(
-            sample(
-                "conversion_relay_skipped_total",
-                {"vendor": self.vendor, "reason": "replay_filtered"},
-            )
-            or 0
-        )
-        return counts
 
     def stop(self) -> None:
-        """Stop early; what was committed is not replayed again next time."""
+        """Stop early: letters in flight finish and are marked; the rest wait for the next run."""
         self._stop.set()
 
     async def run(self) -> dict[str, int]:
-        """Replay until caught up with the DLQ end offsets taken at the start."""
+        """Plan (unless given a plan), replay the planned letters, mark them, stop."""
         config = self.relay.config
-        ends = await end_offsets(config.kafka, config.dlq.topic)
+        topic = config.dlq.topic
+        if self.plan is None:
+            self.plan = await plan_replay(config.kafka, topic, self.vendor, self.letters)
+        if not self.plan.letters:
+            return self.counts()
         await self.relay.start_shared()
+        producer = self.relay._producer
+        if producer is None:  # stopped before the broker answered
+            await self.relay.close()
+            return self.counts()
+        consumer = self._consumer = ReplayConsumer(config.kafka, topic, self.plan, producer)
         pipeline = self.relay.make_pipeline(
             self.vendor,
-            topics=[config.dlq.topic],
-            group=f"{config.kafka.group_prefix}.replay.{self.vendor}",
-            accept=record_filter(self.letters),
+            topics=[topic],
+            consumer=consumer,
+            dlq=WriteBackWriter(producer, topic, self.relay.metrics),
         )
         task = asyncio.create_task(pipeline.run())
         try:
-            await wait_caught_up(pipeline.group_committed, ends, self._stop)
+            done = asyncio.create_task(wait_done(consumer, self._stop))
+            await asyncio.wait({task, done}, return_when=asyncio.FIRST_COMPLETED)
+            done.cancel()
         finally:
             pipeline.stop()
             await task

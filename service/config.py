@@ -12,9 +12,11 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
+from service.core.redact import is_secret_key, redact, remember_secrets
 from service.delivery.redis_config import DedupConfig, RedisConfig
 from service.errors import ConfigError
 from service.vendors import VendorConfig
+from service.vendors.paths import shown_url
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
@@ -47,13 +49,23 @@ class KafkaConfig(Strict, frozen=True):
     max_poll_interval_ms: PositiveInt = 300_000
     # Idempotence is off by default because Tansu does not support InitProducerId.
     enable_idempotence: bool = False
+    # Records of aborted transactions are never read (every consumer: pipelines, replay, lag).
+    isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
+
+
+EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
 class HttpConfig(Strict, frozen=True):
-    """The health and metrics server."""
+    """The health and metrics server: /livez /readyz /metrics for anyone, /status by choice."""
 
     host: str = "0.0.0.0"
     port: Port = 8080
+    # Who may read /status: `loopback` (only clients on 127.0.0.1/::1, e.g. kubectl port-forward),
+    # `token` (a client sending `Authorization: Bearer <$status_token_env>`), or `any`.
+    status_access: Literal["loopback", "token", "any"] = "loopback"
+    # The environment variable holding the /status bearer token (status_access: token).
+    status_token_env: EnvName = "RELAY_STATUS_TOKEN"
 
 
 class DlqConfig(Strict, frozen=True):
@@ -65,10 +77,15 @@ class DlqConfig(Strict, frozen=True):
 class PipelineConfig(Strict, frozen=True):
     """Flow control shared by every vendor pipeline."""
 
+    # Records tracked per pipeline, and per partition from its commit point (the fetch window).
     max_in_flight: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    # Bytes of fetched record values and keys held per pipeline before fetching pauses.
+    max_in_flight_bytes: PositiveInt = 32 * 1024 * 1024
     # Partitions paused at max_in_flight resume below this many in-flight records.
     resume_below: Annotated[int, msgspec.Meta(ge=0)] | None = None
     commit_interval_s: PositiveFloat = 1.0
+    # A commit point that advanced is committed within this delay (commits coalesced over it).
+    commit_coalesce_s: PositiveFloat = 0.1
     revoke_timeout_s: PositiveFloat = 10.0
     shutdown_grace_s: PositiveFloat = 20.0
     max_record_bytes: PositiveInt = 1_048_576
@@ -102,36 +119,78 @@ class Config(Strict, frozen=True):
         return {name: vendor for name, vendor in self.vendors.items() if vendor.enabled}
 
 
-def _resolve_env(node: Any, path: str, env: Mapping[str, str], problems: list[str]) -> Any:
-    """Replace `${VAR}` / `${VAR:-default}` in every string, noting each missing variable."""
+# More values than a config ever has: an alias bomb (a few hundred bytes of nested `*refs`)
+# expands to millions; the walk stops here instead of building them.
+MAX_CONFIG_VALUES = 100_000
+# Environment values this short are not masked in problem texts: they would garble the message.
+_MIN_MASKED_ENV_CHARS = 3
+
+
+class _Resolution:
+    """What resolving `${ENV}` references found: problems, the values put in, a value budget."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+        self.values: set[str] = set()
+        self.left = MAX_CONFIG_VALUES
+
+    def scrub(self, text: str) -> str:
+        """A problem text with every substituted environment value masked, then redacted."""
+        for value in sorted(self.values, key=len, reverse=True):
+            if len(value) >= _MIN_MASKED_ENV_CHARS:
+                text = text.replace(value, "***")
+        # `kafka.sasl_password: ...` is a path and a message; only the message can hold a value.
+        path, sep, message = text.partition(": ")
+        return path + sep + redact(message) if sep else redact(text)
+
+
+def _resolve_env(node: Any, path: str, found: _Resolution) -> Any:
+    """Replace `${VAR}` / `${VAR:-default}` in every string by the variable's text, as text.
+
+    The result is never parsed again: `abc #tail`, quotes, `0123`, `yes` and `{a: 1}` arrive byte
+    for byte, and only the field a string lands in may convert it (an int field takes "8080").
+    """
+    found.left -= 1
+    if found.left < 0:
+        raise ConfigError(
+            [
+                f"(top level): the YAML expands to more than {MAX_CONFIG_VALUES} values "
+                "(nested aliases?); refused"
+            ]
+        )
     if isinstance(node, dict):
         return {
-            k: _resolve_env(v, f"{path}.{k}" if path else str(k), env, problems)
-            for k, v in node.items()
+            k: _resolve_env(v, f"{path}.{k}" if path else str(k), found) for k, v in node.items()
         }
     if isinstance(node, list):
-        return [_resolve_env(v, f"{path}[{i}]", env, problems) for i, v in enumerate(node)]
+        return [_resolve_env(v, f"{path}[{i}]", found) for i, v in enumerate(node)]
     if not isinstance(node, str):
         return node
 
     def substitute(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
-        if name in env:
-            return env[name]
+        if name in found.env:
+            found.values.add(found.env[name])
+            return found.env[name]
         if default is not None:
             return default
-        problems.append(f"{path}: environment variable {name} is not set")
+        found.problems.append(f"{path}: environment variable {name} is not set")
         return ""
 
-    whole = _ENV_REF.fullmatch(node)
-    resolved = _ENV_REF.sub(substitute, node)
-    # A value that is only a reference may stand for a number ("${DB_ID}" → 7).
-    if whole is not None and resolved != node:
-        try:
-            return yaml.safe_load(resolved) if resolved.strip() else resolved
-        except yaml.YAMLError:
-            return resolved
-    return resolved
+    return _ENV_REF.sub(substitute, node)
+
+
+def _secret_values(node: Any, key: str = "", parent: str = "") -> list[str]:
+    """Every string under a secret-looking key (api_key, token, X-Api-Key, Authorization...)."""
+    if isinstance(node, dict):
+        return [v for k, child in node.items() for v in _secret_values(child, str(k), key)]
+    if isinstance(node, list):
+        return [v for child in node for v in _secret_values(child, key, parent)]
+    if isinstance(node, str) and key and _is_secret_field(key, parent):
+        # `Bearer abc`: the token alone is the secret, wherever it turns up later.
+        return [node, node.split()[-1]] if node.split() else []
+    return []
 
 
 def _msgspec_problem(prefix: str, exc: msgspec.ValidationError) -> str:
@@ -162,7 +221,9 @@ def _vendor_problems(prefix: str, raw: Any, exc: msgspec.ValidationError) -> lis
     found = []
     for entry_key, entry in container.items():
         try:
-            msgspec.convert({**raw, keys[0]: {entry_key: entry}}, VendorConfig, str_keys=True)
+            msgspec.convert(
+                {**raw, keys[0]: {entry_key: entry}}, VendorConfig, str_keys=True, strict=False
+            )
         except msgspec.ValidationError as entry_exc:
             text = _msgspec_problem(prefix, entry_exc)
             found.append(text.replace(f"{keys[0]}[...]", f"{keys[0]}.{entry_key}", 1))
@@ -200,10 +261,13 @@ def _first_per_path(problems: list[str]) -> list[str]:
 
 def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     """Validate raw YAML data; raise ConfigError listing every problem found."""
-    problems: list[str] = []
     if not isinstance(data, dict):
         raise ConfigError(["(top level): expected a mapping of sections"])
-    data = _resolve_env(data, "", os.environ if env is None else env, problems)
+    found = _Resolution(os.environ if env is None else env)
+    data = _resolve_env(data, "", found)
+    problems = found.problems
+    # From here on every text the process makes masks these, wherever they turn up.
+    remember_secrets(_secret_values(data))
     # Each section and each vendor is checked on its own so that every error is reported.
     vendors_raw = data.get("vendors")
     if not isinstance(vendors_raw, dict) or not vendors_raw:
@@ -212,21 +276,21 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     vendors: dict[str, VendorConfig] = {}
     for name, raw in vendors_raw.items():
         try:
-            vendors[str(name)] = msgspec.convert(raw, VendorConfig, str_keys=True)
+            vendors[str(name)] = msgspec.convert(raw, VendorConfig, str_keys=True, strict=False)
         except msgspec.ValidationError as exc:
             problems.extend(_vendor_problems(f"vendors.{name}", raw, exc))
     rest = {k: v for k, v in data.items() if k != "vendors"}
     try:
-        msgspec.convert({**rest, "vendors": {}}, Config)
+        config = msgspec.convert({**rest, "vendors": {}}, Config, strict=False)
     except msgspec.ValidationError as exc:
         problems.append(_msgspec_problem("", exc))
     if problems:
-        raise ConfigError(list(dict.fromkeys(_first_per_path(problems))))
-    config = msgspec.convert({**rest, "vendors": {}}, Config)
+        kept = _first_per_path(problems)
+        raise ConfigError(list(dict.fromkeys(found.scrub(p) for p in kept)))
     config = msgspec.structs.replace(config, vendors=vendors)
     problems = _check_semantics(config)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError([found.scrub(p) for p in problems])
     return config
 
 
@@ -236,44 +300,85 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+        raise ConfigError([yaml_problem(str(path), exc)]) from None
     return parse_config(data, env)
 
 
+def yaml_problem(path: str, exc: yaml.YAMLError) -> str:
+    """Where and what the syntax error is, never the line itself (it may hold a secret)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    context = getattr(exc, "context", None)
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    what = f"{context}: {problem}" if context else problem
+    # The problem text names at most a character ("found character '\\t'"), never a value.
+    return redact(f"{path}: not valid YAML{where}: {what}")
+
+
 _SECRET_KEYS = re.compile(r"(pass|secret|token|api_?key|apikey|credential)", re.IGNORECASE)
+# Webhook headers that say how the body is encoded; every other configured header may be a key.
+_PLAIN_HEADERS = frozenset({"content-type", "accept", "user-agent"})
+
+
+def _is_secret_field(key: str, parent: str) -> bool:
+    if parent == "headers":
+        return key.lower() not in _PLAIN_HEADERS
+    return bool(_SECRET_KEYS.search(key)) or is_secret_key(key)
 
 
 def redacted(config: Config) -> dict[str, Any]:
-    """The config as plain data with every secret-looking value replaced by `***`."""
+    """The config as plain data with every secret value (and webhook header value) as `***`."""
 
-    def walk(node: Any) -> Any:
+    def walk(node: Any, parent: str = "") -> Any:
         if isinstance(node, dict):
             return {
-                k: "***" if _SECRET_KEYS.search(str(k)) and v else walk(v) for k, v in node.items()
+                k: "***" if v and _is_secret_field(str(k), parent) else walk(v, str(k))
+                for k, v in node.items()
             }
         if isinstance(node, list):
-            return [walk(v) for v in node]
+            return [walk(v, parent) for v in node]
+        if isinstance(node, str):
+            return redact(node)
         return node
 
     result: dict[str, Any] = walk(msgspec.to_builtins(config))
     return result
 
 
+def plaintext_warning(config: Config) -> str | None:
+    """One sentence naming each plain-text transport the config uses; None when there is none."""
+    found = []
+    if config.kafka.security_protocol == "SASL_PLAINTEXT":
+        found.append("kafka.security_protocol SASL_PLAINTEXT sends the SASL password unencrypted")
+    plain = [name for name, v in config.enabled_vendors().items() if v.base_url.startswith("http:")]
+    if plain:
+        found.append(f"vendors {', '.join(sorted(plain))} use http:// (credentials in clear)")
+    return "plain-text transport: " + "; ".join(found) if found else None
+
+
 def summary(config: Config) -> str:
-    """A short human summary for `check-config`: vendors, protocols and goal routes."""
+    """A short human summary for `check-config`: vendors, protocols and goal routes, no secret."""
+    kafka = redacted(config)["kafka"]
     lines = [
-        f"kafka: {', '.join(config.kafka.bootstrap_servers)} topics={','.join(config.kafka.topics)}"
-        f" security={config.kafka.security_protocol} group_prefix={config.kafka.group_prefix}",
+        f"kafka: {', '.join(kafka['bootstrap_servers'])} topics={','.join(kafka['topics'])}"
+        f" security={kafka['security_protocol']} group_prefix={kafka['group_prefix']}",
         f"dlq: {config.dlq.topic}",
     ]
     for name, vendor in config.vendors.items():
         state = "enabled" if vendor.enabled else "disabled"
         routes = ", ".join(f"{goal} -> {gid}" for goal, gid in vendor.goal_ids().items())
+        tag = type(vendor).__struct_config__.tag
         lines.append(
-            f"vendor {name} ({type(vendor).__struct_config__.tag}, {state}): {vendor.base_url}"
+            f"vendor {name} ({tag}, {state}): {shown_url(vendor.base_url)}"
             f" concurrency={vendor.concurrency} goals: {routes or '(none)'}"
         )
-    return "\n".join(lines)
+    warning = plaintext_warning(config)
+    if warning:
+        lines.append(f"warning: {warning}")
+    # Goal ids and topics come from the file too: the same redaction as every other output.
+    return redact("\n".join(lines))

@@ -4,9 +4,11 @@
     ├── ConfigError            the configuration file is unusable (every problem listed)
     ├── EventError             a Kafka record is not a valid conversion event (→ DLQ invalid_event)
     ├── VendorInputError       a valid event cannot be expressed in a vendor's API (→ DLQ rejected)
-    └── DeliveryError          an HTTP exchange with a vendor failed below the protocol level
-        ├── VendorTimeout      no answer within the vendor's timeout_s (retriable)
-        └── VendorUnreachable  connection refused, reset, DNS failure (retriable)
+    ├── DeliveryError          an HTTP exchange with a vendor failed below the protocol level
+    │   ├── VendorTimeout      no answer within the vendor's timeout_s (retriable)
+    │   └── VendorUnreachable  connection refused, reset, DNS failure (retriable)
+    ├── UsageError             a command line that cannot work as given (CLI exit code 2)
+    └── KafkaUnavailable       a command could not reach Kafka in time (CLI exit code 1)
 
 Foreign errors (aiohttp, aiokafka, msgspec) are translated at one boundary each and raised
 `from` the original. Retryability is a property of the error, not of the call site.
@@ -58,3 +60,11 @@ class VendorTimeout(DeliveryError):
 
 class VendorUnreachable(DeliveryError):
     """The vendor could not be reached (refused, reset, DNS)."""
+
+
+class UsageError(RelayError):
+    """A command line that cannot work as given (exit code 2); the message says what to do."""
+
+
+class KafkaUnavailable(RelayError):
+    """A command could not reach Kafka within its bound (exit code 1)."""

@@ -1,12 +1,21 @@
-"""aiokafka client settings from the config: one place for bootstrap, security and timeouts."""
+"""aiokafka at one boundary: client settings from the config (bootstrap, security, timeouts,
+isolation level), and the lenient reading of fetched records that no record can crash."""
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterator
 from typing import Any
 
+import aiokafka.codec as aiokafka_codec
+import aiokafka.consumer.fetcher as _fetcher
 from aiokafka.helpers import create_ssl_context
+from aiokafka.record.default_records import DefaultRecordBatch as _DefaultRecordBatch
+from aiokafka.record.memory_records import MemoryRecords as _MemoryRecords
+from aiokafka.structs import ConsumerRecord
 
 from service.config import KafkaConfig
+from service.core import records
 
 
 def client_kwargs(kafka: KafkaConfig) -> dict[str, Any]:
@@ -37,6 +46,7 @@ def consumer_kwargs(kafka: KafkaConfig, group_id: str) -> dict[str, Any]:
         "session_timeout_ms": kafka.session_timeout_ms,
         "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
         "max_poll_interval_ms": kafka.max_poll_interval_ms,
+        "isolation_level": kafka.isolation_level,
     }
 
 
@@ -58,3 +68,157 @@ def coordinator_known(consumer: Any) -> bool:
     """
     coordinator = getattr(consumer, "_coordinator", None)
     return coordinator is not None and getattr(coordinator, "coordinator_id", None) is not None
+
+
+# ---- reading fetched records: the one boundary with aiokafka's record parser ---------------
+
+
+def _decompress(codec: int, data: bytes) -> bytes:
+    """A batch body through aiokafka's codec (cramjam provides snappy, lz4 and zstd)."""
+    if codec == 1:
+        return bytes(aiokafka_codec.gzip_decode(data))
+    if codec == 2:
+        return bytes(aiokafka_codec.snappy_decode(data))
+    if codec == 3:
+        return bytes(aiokafka_codec.lz4_decode(data))
+    if codec == 4:
+        return bytes(aiokafka_codec.zstd_decode(data))
+    raise ValueError(f"unknown compression codec {codec}")
+
+
+class _KeptMemoryRecords:
+    """aiokafka's MemoryRecords that also keeps the fetched bytes, for the lenient reader."""
+
+    def __init__(self, data: bytes) -> None:
+        self.raw = data
+        self._inner = _MemoryRecords(data)
+
+    def size_in_bytes(self) -> int:
+        return int(self._inner.size_in_bytes())
+
+    def has_next(self) -> bool:
+        return bool(self._inner.has_next())
+
+    def next_batch(self) -> Any:
+        return self._inner.next_batch()
+
+
+class LenientPartitionRecords(_fetcher.PartitionRecords):  # type: ignore[misc]
+    """aiokafka's per-partition record iterator, reading batch by batch so that nothing in one
+    batch can stop the partition: the fast (compiled) reader first; if it raises, the lenient
+    reader keeps every readable record and yields an `Unreadable` for each one it cannot read."""
+
+    next_fetch_offset: int
+
+    def _unpack_records(self) -> Iterator[Any]:
+        raw = getattr(self._records, "raw", None)
+        if raw is None:  # not fetched through the patched fetcher: aiokafka's own way
+            yield from super()._unpack_records()
+            return
+        for view in records.split_batches(raw):
+            yield from self._batch(view)
+
+    def _batch(self, view: memoryview) -> Iterator[Any]:
+        header = records.read_header(view)
+        if header is None or header.magic < 2:
+            yield from self._legacy(view)
+            return
+        if header.next_offset <= self.next_fetch_offset:
+            return  # already consumed (a fetch may start inside a batch)
+        try:
+            batch = _DefaultRecordBatch(bytes(view))
+            crc_ok = not self._check_crcs or batch.validate_crc()
+        except Exception as exc:  # unreadable header fields
+            yield from self._step_over(header, f"unreadable batch: {exc!r}")
+            return
+        if not crc_ok:
+            yield from self._step_over(header, "corrupt batch: CRC mismatch")
+            return
+        try:
+            if self._skip_transactional(batch):
+                return
+        except Exception as exc:
+            yield from self._step_over(header, f"unreadable control batch: {exc!r}")
+            return
+        try:
+            fast = [self._consumer_record(self._tp, r) for r in batch]
+        except Exception:  # the compiled reader gave up on something: read record by record
+            fast = list(self._lenient(view, header))
+        for record in fast:
+            if record.offset >= self.next_fetch_offset:
+                self.next_fetch_offset = record.offset + 1
+                yield record
+        self.next_fetch_offset = max(self.next_fetch_offset, header.next_offset)
+
+    def _skip_transactional(self, batch: Any) -> bool:
+        """aiokafka's read_committed and control-batch handling; True to skip the batch."""
+        if self._isolation_level == _fetcher.READ_COMMITTED and batch.producer_id is not None:
+            self._consume_aborted_up_to(batch.base_offset)
+            if batch.is_control_batch and self._contains_abort_marker(batch):
+                self._aborted_producers.discard(batch.producer_id)
+            if batch.is_transactional and batch.producer_id in self._aborted_producers:
+                self.next_fetch_offset = batch.next_offset
+                return True
+        if batch.is_control_batch:
+            self.next_fetch_offset = batch.next_offset
+            return True
+        return False
+
+    def _lenient(self, view: memoryview, header: records.BatchHeader) -> Iterator[Any]:
+        tp = self._tp
+        for item in records.read_records(view, header, _decompress):
+            if isinstance(item, tuple):
+                offset, why = item
+                yield records.unreadable(tp.topic, tp.partition, offset, why)
+                continue
+            yield ConsumerRecord(
+                tp.topic,
+                tp.partition,
+                item.offset,
+                item.timestamp,
+                item.timestamp_type,
+                item.key,
+                item.value,
+                None,
+                len(item.key) if item.key is not None else -1,
+                len(item.value) if item.value is not None else -1,
+                item.headers,
+            )
+
+    def _step_over(self, header: records.BatchHeader, why: str) -> Iterator[Any]:
+        """A batch that cannot be read at all: every offset it spans, accounted for."""
+        tp = self._tp
+        start = max(header.base_offset, self.next_fetch_offset)
+        for offset in range(start, header.next_offset):
+            yield records.unreadable(tp.topic, tp.partition, offset, why)
+        self.next_fetch_offset = max(self.next_fetch_offset, header.next_offset)
+
+    def _legacy(self, view: memoryview) -> Iterator[Any]:
+        """A v0/v1 message set (no producer writes these today): aiokafka's reader, guarded."""
+        tp = self._tp
+        (base,) = struct.unpack_from(">q", view, 0)
+        try:
+            batch = _MemoryRecords(bytes(view)).next_batch()
+            found = [self._consumer_record(tp, r) for r in batch]
+        except Exception as exc:
+            if base >= self.next_fetch_offset:
+                yield records.unreadable(tp.topic, tp.partition, base, f"legacy: {exc!r}")
+                self.next_fetch_offset = base + 1
+            return
+        for record in found:
+            if record.offset >= self.next_fetch_offset:
+                self.next_fetch_offset = record.offset + 1
+                yield record
+
+
+def install_lenient_reader() -> None:
+    """Make every consumer of this process read fetched records through LenientPartitionRecords.
+
+    aiokafka builds both in its fetcher module (`MemoryRecords(...)`, `PartitionRecords(...)`);
+    replacing those two names there is the one place its record parsing is wrapped.
+    """
+    _fetcher.MemoryRecords = _KeptMemoryRecords
+    _fetcher.PartitionRecords = LenientPartitionRecords
+
+
+install_lenient_reader()

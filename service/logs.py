@@ -7,20 +7,8 @@ message and field passed through `redact` so that no secret or personal datum is
     {"level":"info","time":"2026-11-20T14:03:11.123Z","logger":"conversion_relay.sender",
      "message":"delivered","vendor":"altcraft","event_id":"7d4c…","outcome":"delivered"}
 
-What `redact` masks (each rule is a regular expression below, applied in this order):
-
-- XML elements named like a secret: `<ApiKey>k</ApiKey>` → `<ApiKey>***</ApiKey>` (also
-  `<token>`, `<password>`, `<secret>`);
-- authorization headers: `Authorization: Bearer abc` → `Authorization: Bearer ***` (also
-  `Proxy-Authorization`, `Cookie`, `Set-Cookie`), in `k: v`, `k=v`, JSON and repr forms;
-- secret keys with a value: a key ending in `apikey`/`api_key`/`api-key`, `token`, `secret`,
-  `password`/`passwd`/`pwd` or `credential(s)` followed by `=` or `:` and a value, quoted or
-  bare, escaped or not: `?apikey=k`, `"token": "t"`, `sasl_password='p'`, `X-Api-Key: k`;
-- passwords in URLs: `redis://user:p@host` → `redis://user:***@host`;
-- emails: `anna@example.com` → `a***@example.com` (`mask_email`);
-- phones: the value of a `phone`/`mobile`/`msisdn` key, and any `+`-prefixed number of 7 to 15
-  digits, keep their last two digits: `+49301234567` → `+*********67` (`mask_phone`). Bare
-  digit runs are left alone: they are offsets, timestamps and ids far more often than phones.
+`redact` is `service.core.redact.redact` (the one redaction; its module doc lists what it masks),
+re-exported here.
 
 Structured values (dicts, lists) passed in `extra=` are walked: a value under a secret-looking
 key becomes `***`, every string inside goes through `redact`.
@@ -32,12 +20,20 @@ import datetime as dt
 import enum
 import logging
 import os
-import re
 import sys
 from collections.abc import Mapping
 from typing import IO, Any, Final
 
 import orjson
+
+from service.core.redact import (
+    MASK,
+    is_phone_key,
+    is_secret_key,
+    mask_email,
+    mask_phone,
+    redact,
+)
 
 __all__ = [
     "FIELDS",
@@ -61,127 +57,20 @@ FIELDS: Final[tuple[str, ...]] = (
     "partition",
     "offset",
 )
-MASK: Final = "***"
 
 # Attributes every LogRecord has; anything else on a record came in through `extra=`.
 _RECORD_ATTRS: Final = frozenset(
     logging.LogRecord("", logging.INFO, "", 0, "", None, None).__dict__
 ) | {"message", "asctime", "taskName"}
 
-_SECRET_WORD = r"(?:api[_-]?key|token|secret|passw(?:or)?d|pwd|credentials?)"
-_SECRET_KEY: Final = re.compile(rf"{_SECRET_WORD}$|^(?:proxy-)?authorization$|cookie$", re.I)
-_PHONE_KEY: Final = re.compile(r"(?:phone|mobile|msisdn)$", re.I)
-# A value after `key=` / `key: `: a quoted string (plain or backslash-escaped) or a bare word.
-_VALUE = (
-    r"""(?P<value>\\"(?:(?!\\").)*\\"|\\'(?:(?!\\').)*\\'"""
-    r"""|"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|[^\s&;,"'<>(){}\[\]]+)"""
-)
-# A key, possibly quoted as in JSON or a repr, and its separator.
-_KEY = r"""(?P<kq>\\?["']?)(?P<key>\b{name})(?P=kq)(?P<sep>\s*[=:]\s*)"""
-
-_XML_SECRET: Final = re.compile(
-    rf"<(?P<tag>[\w:.-]*?{_SECRET_WORD})(?P<attrs>\s[^>]*)?>(?P<value>.*?)</(?P=tag)\s*>",
-    re.I | re.S,
-)
-_XML_PHONE: Final = re.compile(
-    r"<(?P<tag>[\w:.-]*?(?:phone|mobile|msisdn))(?P<attrs>\s[^>]*)?>(?P<value>[^<]*)</(?P=tag)\s*>",
-    re.I,
-)
-_HEADER: Final = re.compile(
-    _KEY.format(name=r"(?:proxy-)?authorization|(?:set-)?cookie")
-    + r"""(?P<value>\\?["'](?:(?!\\?["']).)*\\?["']|(?:(?:bearer|basic|digest|token|apikey"""
-    r"""|negotiate|sso-key)\s+)?[^\s,;"'<>]+)""",
-    re.I,
-)
-_KV_SECRET: Final = re.compile(_KEY.format(name=rf"[\w.-]*?{_SECRET_WORD}\b") + _VALUE, re.I)
-_KV_PHONE: Final = re.compile(_KEY.format(name=r"[\w.-]*?(?:phone|mobile|msisdn)\b") + _VALUE, re.I)
-_URL_PASSWORD: Final = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^\s/:@]*:)[^\s/@]+(?=@)", re.I)
-_EMAIL: Final = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-_PHONE: Final = re.compile(r"(?<![\w+])\+\d(?:[ ().-]{0,2}\d){6,14}(?![\w])")
-_AUTH_SCHEME: Final = re.compile(
-    r"^(?P<scheme>(?:bearer|basic|digest|token|apikey|negotiate|sso-key)\s+)", re.I
-)
-
-
-def mask_email(email: str) -> str:
-    """`anna@example.com` → `a***@example.com`: the first letter and the domain stay."""
-    local, at, domain = email.rpartition("@")
-    if not at or not local:
-        return MASK
-    return f"{local[0]}{MASK}@{domain}"
-
-
-def mask_phone(phone: str) -> str:
-    """`+49301234567` → `+*********67`: every digit but the last two becomes `*`."""
-    total = sum(ch.isdigit() for ch in phone)
-    seen = 0
-    out = []
-    for ch in phone:
-        if ch.isdigit():
-            seen += 1
-            out.append(ch if seen > total - 2 else "*")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def _quoted(value: str, mask: str) -> str:
-    """Replace what is inside the quotes of `value` (if any) by `mask`, keeping the quotes."""
-    for quote in ('\\"', "\\'", '"', "'"):
-        if len(value) >= 2 * len(quote) and value.startswith(quote) and value.endswith(quote):
-            return f"{quote}{mask}{quote}"
-    return mask
-
-
-def _secret_value(match: re.Match[str]) -> str:
-    head = match.group(0)[: match.start("value") - match.start(0)]
-    return head + _quoted(match.group("value"), MASK)
-
-
-def _header_value(match: re.Match[str]) -> str:
-    head = match.group(0)[: match.start("value") - match.start(0)]
-    value = match.group("value")
-    inner = value.strip("\\\"'")
-    quote = value[: len(value) - len(value.lstrip("\\\"'"))]
-    scheme = _AUTH_SCHEME.match(inner)
-    masked = (scheme.group("scheme") if scheme else "") + MASK
-    return f"{head}{quote}{masked}{quote}"
-
-
-def _phone_value(match: re.Match[str]) -> str:
-    head = match.group(0)[: match.start("value") - match.start(0)]
-    return head + mask_phone(match.group("value"))
-
-
-def _xml_secret(match: re.Match[str]) -> str:
-    tag, attrs = match.group("tag"), match.group("attrs") or ""
-    return f"<{tag}{attrs}>{MASK}</{tag}>"
-
-
-def _xml_phone(match: re.Match[str]) -> str:
-    tag, attrs = match.group("tag"), match.group("attrs") or ""
-    return f"<{tag}{attrs}>{mask_phone(match.group('value'))}</{tag}>"
-
-
-def redact(text: str) -> str:
-    """`text` with secrets replaced by `***` and emails/phones masked (see the module doc)."""
-    text = _XML_SECRET.sub(_xml_secret, text)
-    text = _HEADER.sub(_header_value, text)
-    text = _KV_SECRET.sub(_secret_value, text)
-    text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
-    text = _EMAIL.sub(lambda m: mask_email(m.group(0)), text)
-    text = _XML_PHONE.sub(_xml_phone, text)
-    text = _KV_PHONE.sub(_phone_value, text)
-    return _PHONE.sub(lambda m: mask_phone(m.group(0)), text)
-
 
 def _clean(value: Any, key: str = "") -> Any:
     """A JSON-ready copy of an `extra=` value with every secret and personal datum masked."""
     if value is None:
         return None
-    if key and _SECRET_KEY.search(key):
+    if key and is_secret_key(key):
         return MASK
-    if key and _PHONE_KEY.search(key) and isinstance(value, str | int):
+    if key and is_phone_key(key) and isinstance(value, str | int):
         return mask_phone(redact(str(value)))
     if isinstance(value, bool | int | float):
         return value

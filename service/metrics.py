@@ -6,11 +6,20 @@ partitions add up over workers, states (paused, breaker, fallback) take the wors
 
 Labels are a small fixed set (vendor, outcome, reason, topic, partition, status_class); no event
 ids or other unbounded values ever become labels.
+
+Process metrics (`process_*`: CPU, RSS, open fds) come from prometheus_client's ProcessCollector
+in a single process; with `--workers N` the supervisor reads each worker's /proc entry at scrape
+time instead (service/workers.py), one series per `worker`. Garbage collections
+(`python_gc_*_total`) are counted by a gc callback into counters, so they add up across workers.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import gc
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 PREFIX = "conversion_relay"
 # HTTP round trips to vendors: 5 ms to 30 s.
@@ -57,8 +66,8 @@ class Metrics:
         # A gauge of 1 rather than an Info: Info does not work across worker processes.
         self.build_info = Gauge(
             f"{p}_build_info",
-            "Version and git sha of the running relay (always 1).",
-            ["version", "git_sha"],
+            "Version, git sha and vendors (comma-separated) of the running relay (always 1).",
+            ["version", "git_sha", "vendors"],
             registry=r,
             multiprocess_mode="livemax",
         )
@@ -197,3 +206,66 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.task_failures = Counter(
+            f"{p}_task_failures_total",
+            "Pipeline tasks (worker, fetch, commit, lag) that died and were restarted.",
+            ["vendor", "task"],
+            registry=r,
+        )
+        self.records_unreadable = Counter(
+            f"{p}_records_unreadable_total",
+            "Records the Kafka client could not read (dead-lettered as unreadable_record).",
+            ["vendor", "topic"],
+            registry=r,
+        )
+        # Process metrics of this process (ignored by the --workers supervisor, which reads its
+        # workers' /proc itself: a collector's values do not travel through the multiprocess files).
+        ProcessCollector(registry=r)
+        self.gc_collections = Counter(
+            "python_gc_collections",
+            "Garbage collections of this process, per generation.",
+            ["generation"],
+            registry=r,
+        )
+        self.gc_objects_collected = Counter(
+            "python_gc_objects_collected",
+            "Objects the garbage collector freed, per generation.",
+            ["generation"],
+            registry=r,
+        )
+        self.gc_objects_uncollectable = Counter(
+            "python_gc_objects_uncollectable",
+            "Objects the garbage collector found but could not free, per generation.",
+            ["generation"],
+            registry=r,
+        )
+        for generation in ("0", "1", "2"):
+            self.gc_collections.labels(generation)
+            self.gc_objects_collected.labels(generation)
+            self.gc_objects_uncollectable.labels(generation)
+
+    def watch_gc(self) -> Callable[[], None]:
+        """Count this process's garbage collections from now on; returns the function to stop."""
+
+        # Children resolved once: the callback runs on every collection, on the hot path.
+        counters = {
+            generation: (
+                self.gc_collections.labels(str(generation)),
+                self.gc_objects_collected.labels(str(generation)),
+                self.gc_objects_uncollectable.labels(str(generation)),
+            )
+            for generation in range(3)
+        }
+
+        def on_gc(phase: str, info: dict[str, Any]) -> None:
+            if phase != "stop":
+                return
+            collections, collected, uncollectable = counters[info["generation"]]
+            collections.inc()
+            if info["collected"]:
+                collected.inc(info["collected"])
+            if info["uncollectable"]:
+                uncollectable.inc(info["uncollectable"])
+
+        gc.callbacks.append(on_gc)
+        return lambda: gc.callbacks.remove(on_gc)

@@ -4,7 +4,13 @@ Each worker is a plain `conversion-relay run` (a member of the same consumer gro
 splits the partitions between them) with its HTTP server on a private loopback port. The
 supervisor serves the configured port: /metrics merged from every worker by prometheus_client's
 multiprocess mode, /livez and /readyz true only when every worker is, /status per worker. A
-worker that dies is restarted; SIGTERM is passed on and each worker drains on its own.
+worker that dies is restarted with back-off, and one that keeps dying stops the supervisor
+with exit code 1; SIGTERM is passed on and each worker drains on its own.
+
+A collector's values do not travel through the multiprocess files, so the supervisor reads each
+worker's process metrics (CPU, RSS, open fds) from /proc itself, labelled `worker` (its index,
+or `supervisor` for itself): summed by instance they are the pod's; per worker they are what the
+memory budget is about.
 """
 
 from __future__ import annotations
@@ -18,22 +24,36 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Metric,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 
 from service.config import Config
-from service.embedded import free_port
+from service.http import guard_status, status_token
+from service.net import free_port
 
 log = logging.getLogger("conversion_relay.workers")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-_RESTART_DELAY_S = 1.0
+WORKER_LABEL = "worker"
+# A worker that dies is restarted after a growing delay; after CRASH_LIMIT deaths of one worker
+# within CRASH_WINDOW_S the supervisor stops and exits 1, so Kubernetes' CrashLoopBackOff (and
+# its alerts) take over instead of a silent restart loop.
+RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
+CRASH_LIMIT = 5
+CRASH_WINDOW_S = 120.0
 
 
 class Worker:
@@ -46,6 +66,8 @@ class Worker:
         self._env = env
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self.crashes: list[float] = []  # monotonic times of recent deaths
+        self.restart_at: float | None = None
 
     def start(self) -> None:
         """Launch the process; its output goes to the supervisor's stdout and stderr."""
@@ -63,11 +85,38 @@ class Worker:
             self.process.send_signal(signal.SIGTERM)
 
 
+class WorkerProcessCollector(Collector):
+    """`process_*` of the supervisor and of every live worker, one series each per `worker`."""
+
+    def __init__(self, pids: Callable[[], list[tuple[str, int]]]) -> None:
+        self._pids = pids
+
+    def collect(self) -> Iterator[Metric]:
+        """One family per process metric, with a sample for each process that could be read."""
+        families: dict[str, Metric] = {}
+        for worker, pid in self._pids():
+            reader = ProcessCollector(pid=_constant(pid), registry=None)
+            for family in reader.collect():
+                merged = families.setdefault(
+                    family.name, Metric(family.name, family.documentation, family.type)
+                )
+                for sample in family.samples:
+                    merged.add_sample(
+                        sample.name, {**sample.labels, WORKER_LABEL: worker}, sample.value
+                    )
+        yield from families.values()
+
+
 class Supervisor:
     """Starts, watches and stops the workers; serves their merged health and metrics."""
 
     def __init__(
-        self, config: Config, config_path: str, workers: int, vendors: Sequence[str] | None = None
+        self,
+        config: Config,
+        config_path: str,
+        workers: int,
+        vendors: Sequence[str] | None = None,
+        backoff_s: Sequence[float] = RESTART_BACKOFF_S,
     ) -> None:
         self.config = config
         self._dir = Path(tempfile.mkdtemp(prefix="conversion-relay-metrics-"))
@@ -77,12 +126,22 @@ class Supervisor:
             args += ["--vendor", vendor]
         self.workers = [Worker(i, args, env) for i in range(workers)]
         self._stop = asyncio.Event()
+        self._backoff_s = tuple(backoff_s)
+        self.crash_looping = False
 
     def request_stop(self) -> None:
         """Pass SIGTERM on to every worker."""
         self._stop.set()
         for worker in self.workers:
             worker.terminate()
+
+    def process_ids(self) -> list[tuple[str, int]]:
+        """(worker label, pid) of the supervisor and of each running worker."""
+        pids = [("supervisor", os.getpid())]
+        for worker in self.workers:
+            if worker.alive and worker.process is not None:
+                pids.append((str(worker.index), worker.process.pid))
+        return pids
 
     async def _get(
         self, session: aiohttp.ClientSession, worker: Worker, path: str
@@ -128,12 +187,20 @@ class Supervisor:
         async def metrics(request: web.Request) -> web.Response:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=str(self._dir))  # type: ignore[no-untyped-call]
+            registry.register(WorkerProcessCollector(self.process_ids))
             return web.Response(
                 body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
             )
 
+        http = self.config.http
+        token = status_token(http)
+        # The workers guard their /status the same way; the supervisor passes the token on.
+        auth = {"Authorization": f"Bearer {token.decode()}"} if token else {}
+
         async def status(request: web.Request) -> web.Response:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            async with aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=2), headers=auth
+            ) as session:
                 answers = await asyncio.gather(
                     *(self._get(session, w, "/status") for w in self.workers)
                 )
@@ -156,27 +223,53 @@ class Supervisor:
         app.router.add_get("/livez", livez)
         app.router.add_get("/readyz", readyz)
         app.router.add_get("/metrics", metrics)
-        app.router.add_get("/status", status)
+        app.router.add_get("/status", guard_status(http, status, token))
         return app
 
     async def _watch(self) -> None:
-        """Restart workers that die while the supervisor is not stopping."""
+        """Restart workers that die (with back-off); give up when one keeps dying."""
+        loop = asyncio.get_running_loop()
         while not self._stop.is_set():
+            now = loop.time()
             for worker in self.workers:
-                if worker.process is not None and not worker.alive and not self._stop.is_set():
-                    pid = worker.process.pid
-                    mark_process_dead(pid, str(self._dir))  # type: ignore[no-untyped-call]
-                    log.warning(
-                        "worker %d (pid %d) exited with %s; restarting",
-                        worker.index,
-                        pid,
-                        worker.process.returncode,
-                    )
-                    worker.restarts += 1
-                    await asyncio.sleep(_RESTART_DELAY_S)
-                    worker.start()
+                if self._stop.is_set():
+                    break
+                if worker.restart_at is not None:
+                    if now >= worker.restart_at:
+                        worker.restart_at = None
+                        worker.restarts += 1
+                        worker.start()
+                elif worker.process is not None and not worker.alive:
+                    self._died(worker, now)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), 0.5)
+                await asyncio.wait_for(self._stop.wait(), 0.2)
+
+    def _died(self, worker: Worker, now: float) -> None:
+        assert worker.process is not None
+        pid = worker.process.pid
+        mark_process_dead(pid, str(self._dir))  # type: ignore[no-untyped-call]
+        worker.crashes = [t for t in worker.crashes if now - t < CRASH_WINDOW_S] + [now]
+        if len(worker.crashes) >= CRASH_LIMIT:
+            log.error(
+                "worker %d (pid %d) exited with %s (%d exits within %.0fs); stopping",
+                worker.index,
+                pid,
+                worker.process.returncode,
+                len(worker.crashes),
+                CRASH_WINDOW_S,
+            )
+            self.crash_looping = True
+            self.request_stop()
+            return
+        delay_s = self._backoff_s[min(len(worker.crashes) - 1, len(self._backoff_s) - 1)]
+        log.warning(
+            "worker %d (pid %d) exited with %s; restarting in %.1fs",
+            worker.index,
+            pid,
+            worker.process.returncode,
+            delay_s,
+        )
+        worker.restart_at = now + delay_s
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; exit 0 when every worker drained cleanly."""
@@ -193,7 +286,8 @@ class Supervisor:
         log.info("started %d workers", len(self.workers))
         try:
             await self._watch()
-            return await self._wait_workers()
+            code = await self._wait_workers()
+            return 1 if self.crash_looping else code
         finally:
             await runner.cleanup()
             shutil.rmtree(self._dir, ignore_errors=True)
@@ -210,6 +304,10 @@ class Supervisor:
             await asyncio.sleep(0.1)
         codes = [w.process.returncode for w in self.workers if w.process is not None]
         return 0 if all(code == 0 for code in codes) else 1
+
+
+def _constant(pid: int) -> Callable[[], int]:
+    return lambda: pid
 
 
 def _dumps(data: Any) -> str:

@@ -19,7 +19,8 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from service.embedded import EmbeddedBroker, create_topics, free_port
+from service.devtools.embedded import EmbeddedBroker, create_topics
+from service.net import free_port
 from service.sandbox.base import Sandbox
 from service.sandbox.goal_reach import GoalReachContract
 

@@ -15,7 +15,7 @@ import asyncio
 import aiohttp
 
 from bench.workload import GOAL_REACH_HEADERS, goal_reach_builder
-from service.demo import sample_lines
+from service.devtools.demo import sample_lines
 
 
 async def post_all(args: argparse.Namespace) -> None:

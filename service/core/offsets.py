@@ -39,6 +39,11 @@ class OffsetTracker:
         return self._last_dispatched
 
     @property
+    def tracked(self) -> int:
+        """Offsets held from the commit point on (terminal ones behind an unfinished one too)."""
+        return len(self._pending)
+
+    @property
     def in_flight(self) -> int:
         """Records dispatched and not yet terminal."""
         return len(self._pending) - len(self._done)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -17,8 +18,11 @@ log = logging.getLogger("conversion_relay.dlq")
 RELAY_PREFIX = "relay-"
 # What is kept of a value the DLQ topic refuses as too large.
 TRUNCATED_VALUE_BYTES = 64 * 1024
+# A stub keeps the source key only up to this size, and this much of the error text.
+STUB_KEY_BYTES = 1024
+STUB_ERROR_BYTES = 512
 # The documented set of dead-letter reasons.
-REASONS = ("invalid_event", "rejected", "retries_exhausted", "expired")
+REASONS = ("invalid_event", "rejected", "retries_exhausted", "expired", "unreadable_record")
 
 
 class SourceRecord(msgspec.Struct, frozen=True):
@@ -29,7 +33,8 @@ class SourceRecord(msgspec.Struct, frozen=True):
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: Sequence[tuple[str, bytes]] = ()
+    # Names that are not UTF-8 arrive as bytes, null values as None (both as Kafka allows).
+    headers: Sequence[tuple[str | bytes, bytes | None]] = ()
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,10 +54,21 @@ def _iso(moment: datetime) -> bytes:
     return moment.astimezone(UTC).isoformat().encode()
 
 
-def to_headers(letter: DeadLetter, failed_at: datetime) -> list[tuple[str, bytes]]:
+def _header_name(name: str | bytes | None) -> str:
+    """A header name the producer can write: a non-UTF-8 one as its escaped bytes."""
+    if isinstance(name, bytes):
+        return name.decode("utf-8", "backslashreplace")
+    return name or ""
+
+
+def to_headers(letter: DeadLetter, failed_at: datetime) -> list[tuple[str, bytes | None]]:
     """The original headers (minus earlier relay-* ones) followed by this dead letter's story."""
     src = letter.source
-    headers = [(k, v) for k, v in src.headers if not k.startswith(RELAY_PREFIX)]
+    headers: list[tuple[str, bytes | None]] = []
+    for key, value in src.headers:
+        name = _header_name(key)
+        if not name.startswith(RELAY_PREFIX):
+            headers.append((name, value))
     headers += [
         ("relay-vendor", letter.vendor.encode()),
         ("relay-reason", letter.reason.encode()),
@@ -152,8 +168,70 @@ class RecordProducer(Protocol):
         ...
 
 
+class _Warnings:
+    """At most one warning per kind per interval; the ones held back are counted in the next."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float]) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warn(self, kind: str, message: str, *args: Any, extra: dict[str, Any]) -> None:
+        now = self._clock()
+        last = self._last.get(kind)
+        if last is not None and now - last < self._interval_s:
+            self._held[kind] = self._held.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        held = self._held.pop(kind, 0)
+        suffix = f" ({held} more like it since the last warning)" if held else ""
+        log.warning(message + suffix, *args, extra=extra)
+
+
+def _fits(
+    letter: DeadLetter, failed_at: datetime
+) -> Iterator[tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]]:
+    """The letter as (key, value, headers), then ever smaller cuts of it for a DLQ that refuses
+    it as too large: the value cut, then the value and the source headers dropped (the relay's
+    own kept), then a stub without key that names the source coordinates."""
+    src = letter.source
+    relay = to_headers(msgspec.structs.replace(letter, source=_without_headers(src)), failed_at)
+    full = to_headers(letter, failed_at)
+    value = src.value
+    size = len(value or b"")
+    if src.key is None and value is None:
+        value = b""  # a record needs a key or a value; the source's were both null
+    yield src.key, value, full
+    if size > TRUNCATED_VALUE_BYTES:
+        cut = [*full, ("relay-value-truncated-from", str(size).encode())]
+        yield src.key, (value or b"")[:TRUNCATED_VALUE_BYTES], cut
+    dropped = [*relay, ("relay-value-truncated-from", str(size).encode())]
+    dropped.append(("relay-truncated", b"value,headers"))
+    if src.key is not None and len(src.key) <= STUB_KEY_BYTES:
+        yield src.key, b"", dropped
+    stub = [
+        (name, value[:STUB_ERROR_BYTES] if name == "relay-error" and value else value)
+        for name, value in relay
+    ]
+    stub += [
+        ("relay-value-truncated-from", str(size).encode()),
+        ("relay-truncated", b"value,headers,key"),
+    ]
+    yield None, b"", stub
+
+
+def _without_headers(src: SourceRecord) -> SourceRecord:
+    return msgspec.structs.replace(src, headers=())
+
+
 class DeadLetterWriter:
-    """Writes dead letters to the DLQ topic and returns only once the broker acknowledged."""
+    """Writes dead letters to the DLQ topic and returns only once the broker acknowledged.
+
+    A letter the DLQ refuses as too large is cut down until it fits (`_fits`); any other
+    failure is retried with exponential back-off. Every try awaits, so a letter that cannot be
+    written holds its partition but never the event loop; warnings are rate-limited.
+    """
 
     def __init__(
         self,
@@ -162,45 +240,69 @@ class DeadLetterWriter:
         metrics: Metrics,
         retry_backoff_s: float = 0.5,
         max_backoff_s: float = 10.0,
+        warn_every_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._producer = producer
         self._topic = topic
         self._metrics = metrics
         self._retry_backoff_s = retry_backoff_s
         self._max_backoff_s = max_backoff_s
+        self._warnings = _Warnings(warn_every_s, clock)
+
+    @property
+    def topic(self) -> str:
+        """The DLQ topic."""
+        return self._topic
 
     async def write(self, letter: DeadLetter) -> None:
         """Write one dead letter, retrying until acknowledged (cancellation leaves it unwritten)."""
-        headers = to_headers(letter, datetime.now(UTC))
-        value = letter.source.value
+        shapes = _fits(letter, datetime.now(UTC))
+        key, value, headers = next(shapes)
         backoff_s = self._retry_backoff_s
+        where = {"vendor": letter.vendor, "reason": letter.reason}
         while True:
             try:
                 await self._producer.send_and_wait(
-                    self._topic, value=value, key=letter.source.key, headers=headers
+                    self._topic, value=value, key=key, headers=_wire(headers)
                 )
-            except MessageSizeTooLargeError:
-                # Retrying cannot help: keep the letter (and the partition) moving with the value
-                # cut short; the whole record stays in the source topic at relay-source-offset.
-                size = len(value or b"")
-                value = (value or b"")[:TRUNCATED_VALUE_BYTES]
-                headers = [*headers, ("relay-value-truncated-from", str(size).encode())]
-                log.warning(
-                    "dead letter of %d bytes too large for the DLQ; value truncated",
-                    size,
-                    extra={"vendor": letter.vendor, "reason": letter.reason},
-                )
+            except MessageSizeTooLargeError as exc:
+                smaller = next(shapes, None)
+                if smaller is not None:
+                    # Retrying the same bytes cannot help: cut the letter (the whole record
+                    # stays in the source topic at relay-source-offset).
+                    self._warnings.warn(
+                        "too_large",
+                        "dead letter of %d bytes too large for the DLQ topic; cut down to fit",
+                        _bytes(key, value, headers),
+                        extra=where,
+                    )
+                    key, value, headers = smaller
+                    await asyncio.sleep(0)
+                    continue
+                backoff_s = await self._back_off(exc, backoff_s, letter.vendor, where)
                 continue
             except KafkaError as exc:
-                self._metrics.dlq_write_failures.labels(letter.vendor).inc()
-                log.warning(
-                    "dead letter write failed, retrying in %.1fs: %r",
-                    backoff_s,
-                    exc,
-                    extra={"vendor": letter.vendor, "reason": letter.reason},
-                )
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(self._max_backoff_s, backoff_s * 2)
+                backoff_s = await self._back_off(exc, backoff_s, letter.vendor, where)
                 continue
             self._metrics.dlq_writes.labels(letter.vendor, letter.reason).inc()
             return
+
+    async def _back_off(
+        self, exc: KafkaError, backoff_s: float, vendor: str, where: dict[str, Any]
+    ) -> float:
+        self._metrics.dlq_write_failures.labels(vendor).inc()
+        self._warnings.warn(
+            "failed", "dead letter write failed, retrying in %.1fs: %r", backoff_s, exc, extra=where
+        )
+        await asyncio.sleep(backoff_s)
+        return min(self._max_backoff_s, backoff_s * 2)
+
+
+def _bytes(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]) -> int:
+    return len(key or b"") + len(value or b"") + sum(len(k) + len(v or b"") for k, v in headers)
+
+
+def _wire(headers: list[tuple[str, bytes | None]]) -> list[tuple[str, bytes]]:
+    """Headers as the producer takes them (a null header value stays null on the wire)."""
+    return headers  # type: ignore[return-value]

@@ -1,11 +1,12 @@
 """VendorPipeline: one vendor's consumer group, from fetched record to committed offset.
 
-fetch (bounded in-flight: pause at the cap, resume under the low-water mark)
-  → queue → N workers: decode → route → build → sender.attempt → classify
-      delivered / skipped            → offset terminal
-      rejected / exhausted / expired → dead letter acked → offset terminal
-      retry                          → timer re-queues the record (no worker held)
-commit loop: every interval, and on revocation, the lowest non-terminal offset per partition
+fetch (always polling; FlowControl pauses partitions by window, records and bytes)
+  → queue → N workers: RecordPath stages (read → decode → route → dedup → build) → Sender.deliver
+      delivered / skipped                     → offset terminal
+      dead letter (rejected, exhausted, ...)  → dead letter acked → offset terminal
+      retry                                   → timer re-queues the record (no worker held)
+commits: as soon as a partition's commit point (PartitionWindow, core/) moves, coalesced over
+`commit_coalesce_s`, and on revocation. TaskSupervisor keeps workers, fetch, commit and lag alive.
 """
 
 from __future__ import annotations
@@ -14,27 +15,99 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import random
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, RecordTooLargeError
 
 from service.config import PipelineConfig
-from service.core.exchange import DecisionKind
-from service.core.offsets import OffsetTracker
-from service.core.routing import SKIP_REASONS, Expired, Skip, route_event
+from service.core import records
+from service.core.exchange import DecisionKind, VendorRequest
+from service.core.retry import backoff_s, should_retry
+from service.core.routing import SKIP_REASONS
+from service.core.window import PartitionWindow
 from service.delivery.dedup import DedupStore
-from service.delivery.dlq import REASONS, DeadLetter, DeadLetterWriter, SourceRecord
+from service.delivery.dlq import REASONS, DeadLetter, SourceRecord, parse_headers
+from service.delivery.flow import FlowControl
 from service.delivery.sender import Attempts, Sender
-from service.errors import INVALID_KINDS, EventError, VendorInputError
-from service.events import ConversionEvent, decode_event
+from service.delivery.stages import TOMBSTONE, RecordPath, Terminal
+from service.delivery.supervisor import TaskSupervisor
+from service.errors import INVALID_KINDS
+from service.events import ConversionEvent
 from service.kafka import coordinator_known
+from service.logs import redact
 from service.metrics import OUTCOMES, Metrics
-from service.vendors.base import Outcome, OutcomeKind, VendorBase, VendorRequest
+from service.vendors.base import Outcome, OutcomeKind, VendorBase
 
 log = logging.getLogger("conversion_relay.pipeline")
+# A fetch task that dies this many times in a row ends the pipeline (its owner starts a fresh
+# consumer, as after the broker vanished).
+_FETCH_ESCALATE_AFTER = 5
+# How long a record whose dead letter could not be written (a bug) waits before trying again.
+_INTERNAL_RETRY_S = 5.0
+
+
+class Consumer(Protocol):
+    """The part of aiokafka's AIOKafkaConsumer a pipeline uses (tests pass a fake)."""
+
+    def subscribe(self, topics: list[str], listener: Any) -> None:
+        """Join the group for these topics."""
+
+    async def start(self) -> None:
+        """Connect."""
+
+    async def stop(self) -> None:
+        """Leave the group and disconnect."""
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Any]]:
+        """Fetched records per partition (none for paused partitions)."""
+        ...
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit the group's offsets."""
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset of a partition."""
+        ...
+
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The end offset of each partition."""
+        ...
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        """The last fetch's high watermark."""
+        ...
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        """Stop fetching these partitions."""
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        """Fetch these partitions again."""
+
+
+class DeadLetters(Protocol):
+    """The part of the DeadLetterWriter a pipeline uses."""
+
+    @property
+    def topic(self) -> str:
+        """The DLQ topic (records read from it carry trusted relay-* headers)."""
+        ...
+
+    async def write(self, letter: DeadLetter) -> None:
+        """Write one letter; returns once acknowledged."""
+
+
+def _size(record: Any) -> int:
+    """Bytes a fetched record holds in memory (key, value, headers)."""
+    size = len(record.key or b"") + len(record.value or b"")
+    for name, value in record.headers or ():
+        size += len(name or b"") + len(value or b"")
+    return size
 
 
 class Work:
@@ -49,33 +122,6 @@ class Work:
         self.event: ConversionEvent | None = None
         self.request: VendorRequest | None = None
         self.attempts = Attempts()
-
-    def source(self) -> SourceRecord:
-        """The original record, for a dead letter (a replayed letter keeps its first source)."""
-        r = self.record
-        headers = list(r.headers or ())
-        origin = dict(headers)
-        try:
-            return SourceRecord(
-                origin["relay-source-topic"].decode(),
-                int(origin["relay-source-partition"]),
-                int(origin["relay-source-offset"]),
-                r.key,
-                r.value,
-                headers,
-            )
-        except (KeyError, ValueError, UnicodeDecodeError):
-            return SourceRecord(r.topic, r.partition, r.offset, r.key, r.value, headers)
-
-    def prior_attempts(self) -> int:
-        """Attempts made before this record was dead-lettered and replayed (0 for new records)."""
-        for key, value in self.record.headers or ():
-            if key == "relay-attempts":
-                try:
-                    return int(value)
-                except ValueError:
-                    return 0
-        return 0
 
 
 def _at(epoch_s: float) -> datetime | None:
@@ -103,8 +149,8 @@ class VendorPipeline:
         vendor: str,
         config: VendorBase,
         sender: Sender,
-        dlq: DeadLetterWriter,
-        consumer: Any,
+        dlq: DeadLetters,
+        consumer: Consumer,
         topics: list[str],
         settings: PipelineConfig,
         metrics: Metrics,
@@ -114,39 +160,49 @@ class VendorPipeline:
     ) -> None:
         self.vendor = vendor
         self._config = config
-        self._adapter = sender.adapter
-        self._goal_ids = config.goal_ids()
         self._sender = sender
+        self._adapter = sender.adapter  # the stages' adapter (tests wrap its build)
         self._dlq = dlq
         self._consumer = consumer
         self._topics = topics
         self._settings = settings
         self._metrics = metrics
         self._now = now
-        # Replay's filter: None to process a record, or the reason it is passed over.
-        self._accept = accept
         self._dedup = dedup
+        self._path = RecordPath(
+            vendor,
+            sender.adapter,
+            config.goal_ids(),
+            config.max_event_age_s,
+            settings.max_record_bytes,
+            now,
+            accept=accept,  # replay's filter: None to process a record, or why it is passed over
+            dedup=dedup,
+        )
         self._queue: asyncio.Queue[Work] = asyncio.Queue()
-        self._trackers: dict[TopicPartition, OffsetTracker] = {}
-        self._epochs: dict[TopicPartition, int] = {}
+        self._windows: dict[TopicPartition, PartitionWindow] = {}
         self._next_epoch = itertools.count(1)
         self._active: dict[TopicPartition, int] = {}
-        self._committed: dict[TopicPartition, int] = {}
         self._lag: dict[TopicPartition, int] = {}
         self._timers: set[asyncio.TimerHandle] = set()
-        self._capacity = asyncio.Event()
+        self._capacity = asyncio.Event()  # set when a record finishes while fetching is paused
         self._progress = asyncio.Event()  # set whenever a worker finishes a step
+        self._advanced = asyncio.Event()  # set when a commit point moved on
         self._stopping = asyncio.Event()
-        self._paused = False
         self.joined = False
         self.last_error = ""
+        self._flow = FlowControl(consumer, settings, metrics.paused.labels(vendor))
+        self._supervisor = TaskSupervisor(vendor, metrics.task_failures, self._task_failed)
         # Create every label set up front, so the first increment shows in rate()/increase().
         self._outcomes = {o: metrics.deliveries.labels(vendor, o) for o in OUTCOMES}
         for reason in REASONS:
             metrics.dlq_writes.labels(vendor, reason)
         for kind in INVALID_KINDS:
             metrics.events_invalid.labels(vendor, kind)
-        self._skips = {r: metrics.skipped.labels(vendor, r) for r in SKIP_REASONS}
+        for reason in (*SKIP_REASONS, TOMBSTONE):
+            metrics.skipped.labels(vendor, reason)
+        for topic in topics:
+            metrics.records_unreadable.labels(vendor, topic)
         self._decoded = metrics.events_decoded.labels(vendor)
         metrics.rebalances.labels(vendor)
         metrics.assigned_partitions.labels(vendor)
@@ -156,7 +212,6 @@ class VendorPipeline:
         metrics.commit_failures.labels(vendor)
         metrics.dlq_write_failures.labels(vendor)
         self._in_flight_gauge = metrics.in_flight.labels(vendor)
-        self._paused_gauge = metrics.paused.labels(vendor)
         self._delivered = self._outcomes["delivered"]
         self._retried = self._outcomes["retried"]
         self._e2e = metrics.end_to_end_latency.labels(vendor)
@@ -165,8 +220,18 @@ class VendorPipeline:
 
     @property
     def ready(self) -> bool:
-        """Joined its group, in touch with the group coordinator, and not shutting down."""
-        return self.joined and not self._stopping.is_set() and coordinator_known(self._consumer)
+        """Joined, in touch with the group coordinator, every task alive, not shutting down."""
+        return (
+            self.joined
+            and not self._stopping.is_set()
+            and not self._supervisor.down
+            and coordinator_known(self._consumer)
+        )
+
+    @property
+    def down_tasks(self) -> list[str]:
+        """Tasks that died and are not back yet (the pipeline is not ready meanwhile)."""
+        return sorted(self._supervisor.down)
 
     @property
     def sender(self) -> Sender:
@@ -175,33 +240,47 @@ class VendorPipeline:
 
     @property
     def paused(self) -> bool:
-        """Whether fetching is paused (in-flight cap reached or breaker open)."""
-        return self._paused
+        """Whether fetching of any partition is paused (window, caps or breaker)."""
+        return bool(self._flow.paused)
 
     @property
     def in_flight(self) -> int:
         """Records fetched and not yet terminal, over every assigned partition."""
-        return sum(t.in_flight for t in self._trackers.values())
+        return sum(w.in_flight for w in self._windows.values())
+
+    @property
+    def in_flight_bytes(self) -> int:
+        """Bytes of the records fetched and not yet terminal."""
+        return sum(w.bytes_in_flight for w in self._windows.values())
+
+    @property
+    def window(self) -> int:
+        """Records held from the commit points on, over every assigned partition."""
+        return sum(w.size for w in self._windows.values())
 
     async def group_committed(self) -> dict[TopicPartition, int]:
         """The group's committed offset per assigned partition (this run's or an earlier one's)."""
-        result = dict(self._committed)
-        for tp in self._epochs:
-            if tp not in result:
+        result = {}
+        for tp, window in list(self._windows.items()):
+            offset = window.committed
+            if offset is None:
                 offset = await self._consumer.committed(tp)
-                if offset is not None:
-                    result[tp] = offset
+            if offset is not None:
+                result[tp] = offset
         return result
 
     @property
     def assigned(self) -> list[TopicPartition]:
         """The partitions this pipeline owns now."""
-        return sorted(self._epochs, key=lambda tp: (tp.topic, tp.partition))
+        return sorted(self._windows, key=lambda tp: (tp.topic, tp.partition))
 
     def stop(self) -> None:
         """Begin the drain: stop fetching, finish in-flight records, commit, leave the group."""
         self._stopping.set()
         self._capacity.set()
+
+    def _task_failed(self, name: str, exc: BaseException) -> None:
+        self.last_error = redact(f"task {name} died: {exc!r}")[:300]
 
     # ---- main loop ---------------------------------------------------------------------------
 
@@ -209,64 +288,65 @@ class VendorPipeline:
         """Consume until `stop()`, then drain within the grace period and leave the group."""
         self._consumer.subscribe(self._topics, listener=_Rebalance(self))
         await self._consumer.start()
-        workers = [asyncio.create_task(self._worker()) for _ in range(self._config.concurrency)]
-        helpers = [asyncio.create_task(self._commit_loop()), asyncio.create_task(self._lag_loop())]
+        supervisor = self._supervisor
+        for index in range(self._config.concurrency):
+            supervisor.start(f"worker-{index}", "worker", self._worker)
+        supervisor.start("commit", "commit", self._commit_loop)
+        supervisor.start("lag", "lag", self._lag_loop)
+        supervisor.start("fetch", "fetch", self._fetch_loop, _FETCH_ESCALATE_AFTER)
         try:
-            await self._fetch_loop()
+            await supervisor.wait("fetch")
         finally:
             self._stopping.set()
-            await self._drain(workers, helpers)
+            await self._drain()
 
     async def _fetch_loop(self) -> None:
-        cap = self._settings.max_in_flight
         consumed = {t: self._metrics.events_consumed.labels(self.vendor, t) for t in self._topics}
+        flow = self._flow
         while not self._stopping.is_set():
-            in_flight = self.in_flight
-            self._in_flight_gauge.set(in_flight)
-            if in_flight >= cap or self._sender.sending_blocked():
-                # At the cap, or the vendor's breaker is open: events wait in Kafka.
-                self._set_paused(True)
-            elif self._paused and in_flight <= self._settings.low_water:
-                self._set_paused(False)
-            if self._paused:
+            self._in_flight_gauge.set(self.in_flight)
+            flow.update(self._windows, self._sender.sending_blocked())
+            timeout_ms = 200
+            if flow.all_paused:
+                # Nothing to fetch until records finish; still poll, or the group drops us.
                 self._capacity.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._capacity.wait(), 0.2)
-                continue
-            batch = await self._consumer.getmany(timeout_ms=200, max_records=cap - in_flight)
-            for tp, records in batch.items():
-                self._dispatch(tp, records)
+                timeout_ms = 0
+            try:
+                batch = await self._consumer.getmany(
+                    timeout_ms=timeout_ms, max_records=flow.room(self._windows)
+                )
+            except RecordTooLargeError as exc:
+                batch = self._too_large_for_fetch(exc)
+            for tp, fetched in batch.items():
+                self._dispatch(tp, fetched)
                 counter = consumed.get(tp.topic)
                 if counter is not None:
-                    counter.inc(len(records))
+                    counter.inc(len(fetched))
 
-    def _dispatch(self, tp: TopicPartition, records: list[Any]) -> None:
-        epoch = self._epochs.get(tp)
-        tracker = self._trackers.get(tp)
-        if epoch is None or tracker is None:
+    def _too_large_for_fetch(self, exc: RecordTooLargeError) -> dict[TopicPartition, list[Any]]:
+        """aiokafka steps over a record larger than the fetch size: dead-letter it, not lose it."""
+        args = exc.args
+        if len(args) >= 3 and isinstance(args[1], TopicPartition) and isinstance(args[2], int):
+            tp, offset = args[1], args[2]
+            why = "record larger than the consumer's max_partition_fetch_bytes"
+            return {tp: [records.unreadable(tp.topic, tp.partition, offset, why)]}
+        raise exc
+
+    def _dispatch(self, tp: TopicPartition, fetched: list[Any]) -> None:
+        window = self._windows.get(tp)
+        if window is None:
             return  # fetched just before a revocation: the next owner reads them again
-        for record in records:
-            last = tracker.last_dispatched
-            if last is not None and record.offset <= last:
-                continue  # a re-fetch of a record already tracked
-            tracker.dispatch(record.offset)
-            self._queue.put_nowait(Work(record, tp, epoch))
-
-    def _set_paused(self, paused: bool) -> None:
-        if paused == self._paused:
-            return
-        self._paused = paused
-        self._paused_gauge.set(1 if paused else 0)
-        partitions = list(self._epochs)
-        if paused:
-            self._consumer.pause(*partitions)
-        else:
-            self._consumer.resume(*partitions)
+        for record in fetched:
+            if window.dispatch(record.offset, _size(record)):
+                self._queue.put_nowait(Work(record, tp, window.epoch))
 
     # ---- workers -----------------------------------------------------------------------------
 
     def _current(self, work: Work) -> bool:
-        return self._epochs.get(work.tp) == work.epoch
+        window = self._windows.get(work.tp)
+        return window is not None and window.epoch == work.epoch
 
     async def _worker(self) -> None:
         while True:
@@ -275,17 +355,25 @@ class VendorPipeline:
                 continue  # its partition was revoked; the new owner delivers it
             self._active[work.tp] = self._active.get(work.tp, 0) + 1
             try:
-                await self._process(work)
-            except Exception as exc:  # a bug must neither kill the worker nor lose the record
-                log.exception(
-                    "unexpected error; the record is retried, then dead-lettered",
-                    extra={"vendor": self.vendor, "offset": work.record.offset},
-                )
-                self.last_error = f"internal error: {exc!r}"[:300]
-                await self._internal_error(work, exc)
+                await self._handle(work)
+            except Exception:
+                # Not lost: the record is tried again; the supervisor restarts this worker.
+                self._schedule(work, _INTERNAL_RETRY_S)
+                raise
             finally:
                 self._active[work.tp] -= 1
                 self._progress.set()
+
+    async def _handle(self, work: Work) -> None:
+        try:
+            await self._process(work)
+        except Exception as exc:  # a bug must neither kill the worker nor lose the record
+            log.exception(
+                "unexpected error; the record is retried, then dead-lettered",
+                extra={"vendor": self.vendor, "offset": work.record.offset},
+            )
+            self.last_error = redact(f"internal error: {exc!r}")[:300]
+            await self._internal_error(work, exc)
 
     async def _process(self, work: Work) -> None:
         if work.request is None:
@@ -308,7 +396,7 @@ class VendorPipeline:
                     await self._dedup.mark(self.vendor, event.event_id)
             self._complete(work)
             return
-        self.last_error = f"{outcome.reason}: {outcome.detail}"[:300]
+        self.last_error = redact(f"{outcome.reason}: {outcome.detail}")[:300]
         if decision.kind is DecisionKind.DEAD_LETTER:
             await self._dead_letter(work, decision.dlq_reason, outcome)
             return
@@ -317,68 +405,60 @@ class VendorPipeline:
 
     async def _internal_error(self, work: Work, exc: Exception) -> None:
         """Retry the record like a transient failure; past its budget, dead-letter it."""
-        outcome = Outcome(kind=OutcomeKind.RETRY, reason="internal_error", detail=repr(exc))
+        outcome = Outcome(
+            kind=OutcomeKind.RETRY, reason="internal_error", detail=redact(repr(exc))[:500]
+        )
         attempts = work.attempts
         attempts.count += 1  # the failure spends an attempt, so a lasting bug ends in the DLQ
         attempts.last_at_s = datetime.now(UTC).timestamp()
         attempts.first_at_s = attempts.first_at_s or attempts.last_at_s
-        delay_s = self._sender.retry_delay_s(outcome, work.attempts)
-        if delay_s is None:
+        retry = self._config.retry
+        if not should_retry(attempts.count, attempts.first_at_s, attempts.last_at_s, retry):
             await self._dead_letter(work, "retries_exhausted", outcome)
-        else:
-            self._schedule(work, delay_s)
+            return
+        delay_s = backoff_s(
+            attempts.count, retry.initial_backoff_s, retry.max_backoff_s, random.random
+        )
+        self._schedule(work, delay_s)
 
     async def _prepare(self, work: Work) -> VendorRequest | None:
-        """Decode, route and build; None when the record became terminal on the way."""
-        record = work.record
-        if self._accept is not None:
-            passed_over = self._accept(record)
-            if passed_over is not None:
-                self._metrics.skipped.labels(self.vendor, passed_over).inc()
-                self._complete(work)
-                return None
-        if record.value is not None and len(record.value) > self._settings.max_record_bytes:
-            error = EventError(
-                f"record of {len(record.value)} bytes exceeds max_record_bytes", kind="too_large"
-            )
-            await self._invalid(work, error)
-            return None
-        try:
-            event = decode_event(record.value)
-        except EventError as error:
-            await self._invalid(work, error)
+        """The record's stages; None when its path ended on the way (it is then terminal)."""
+        read = self._path.read(work.record)
+        if isinstance(read, Terminal):
+            await self._finish(work, read)
             return None
         self._decoded.inc()
-        work.event = event
-        decision = route_event(
-            event,
-            self.vendor,
-            self._goal_ids,
-            self._adapter.missing_identity(event),
-            self._config.max_event_age_s,
-            self._now(),
-        )
-        if isinstance(decision, Skip):
-            self._skips[decision.reason].inc()
-            self._outcomes["skipped"].inc()
+        work.event = read
+        prepared = await self._path.prepare(read)
+        if isinstance(prepared, Terminal):
+            await self._finish(work, prepared)
+            return None
+        return prepared
+
+    async def _finish(self, work: Work, end: Terminal) -> None:
+        """Count a path that ended before a request, and dead-letter it if it says so."""
+        if end.outcome is not None:
+            self._outcomes[end.outcome].inc()
+        if end.skip_reason is not None:
+            self._metrics.skipped.labels(self.vendor, end.skip_reason).inc()
+        where = {
+            "vendor": self.vendor,
+            "topic": work.tp.topic,
+            "partition": work.tp.partition,
+            "offset": work.record.offset,
+        }
+        if end.invalid_kind is not None:
+            self._metrics.events_invalid.labels(self.vendor, end.invalid_kind).inc()
+            log.warning("invalid event: %s", end.error, extra=where)
+        if end.dlq_reason == "unreadable_record":
+            self._metrics.records_unreadable.labels(self.vendor, work.tp.topic).inc()
+            log.warning("unreadable record, dead-lettered: %s", end.error, extra=where)
+        if end.dlq_reason is None:
             self._complete(work)
-            return None
-        if isinstance(decision, Expired):
-            error_text = f"event is {decision.age_s:.0f}s old, over max_event_age_s"
-            await self._write_dead_letter(work, "expired", error_text, None)
-            self._outcomes["expired"].inc()
-            return None
-        if self._dedup is not None and await self._dedup.seen(self.vendor, event.event_id):
-            # Delivered before (a rebalance, crash or replay brought it back): not again.
-            self._outcomes["deduplicated"].inc()
-            self._complete(work)
-            return None
-        try:
-            return self._adapter.build(event, decision)
-        except VendorInputError as error:
-            self.last_error = str(error)[:300]
-            await self._dead_letter(work, "rejected", None, str(error))
-            return None
+            return
+        if end.outcome == "rejected":
+            self.last_error = end.error[:300]
+        await self._write_dead_letter(work, end.dlq_reason, end.error, None)
 
     def _schedule(self, work: Work, delay_s: float) -> None:
         loop = asyncio.get_running_loop()
@@ -391,25 +471,13 @@ class VendorPipeline:
         self._timers.add(handle)
 
     def _complete(self, work: Work) -> None:
-        if not self._current(work):
+        window = self._windows.get(work.tp)
+        if window is None or window.epoch != work.epoch:
             return  # finished after its partition moved on; the new owner tracks it
-        self._trackers[work.tp].complete(work.record.offset)
-        if self._paused:
+        if window.complete(work.record.offset):
+            self._advanced.set()
+        if self._flow.paused:
             self._capacity.set()
-
-    async def _invalid(self, work: Work, error: EventError) -> None:
-        self._metrics.events_invalid.labels(self.vendor, error.kind).inc()
-        log.warning(
-            "invalid event: %s",
-            error,
-            extra={
-                "vendor": self.vendor,
-                "topic": work.tp.topic,
-                "partition": work.tp.partition,
-                "offset": work.record.offset,
-            },
-        )
-        await self._write_dead_letter(work, "invalid_event", str(error), None)
 
     async def _dead_letter(
         self, work: Work, reason: str, outcome: Outcome | None, error: str = ""
@@ -420,16 +488,38 @@ class VendorPipeline:
         self._outcomes[outcome_label].inc()
         await self._write_dead_letter(work, reason, error or outcome_text, status)
 
+    def _source(self, work: Work) -> tuple[SourceRecord, int]:
+        """The record for its dead letter, and the attempts made before it was read.
+
+        `relay-source-*` and `relay-attempts` are trusted only on records of the DLQ topic (a
+        replay keeps a letter's first source); on live records they are anybody's headers.
+        """
+        r = work.record
+        headers = tuple(r.headers or ())
+        own = SourceRecord(r.topic, r.partition, r.offset, r.key, r.value, headers)
+        if r.topic != self._dlq.topic:
+            return own, 0
+        told = parse_headers(headers)
+        if told.source_topic is None or told.source_partition is None:
+            return own, told.attempts
+        if told.source_offset is None:
+            return own, told.attempts
+        source = SourceRecord(
+            told.source_topic, told.source_partition, told.source_offset, r.key, r.value, headers
+        )
+        return source, told.attempts
+
     async def _write_dead_letter(
         self, work: Work, reason: str, error: str, status: int | None
     ) -> None:
+        source, prior_attempts = self._source(work)
         letter = DeadLetter(
             vendor=self.vendor,
             reason=reason,
             error=error,
-            source=work.source(),
+            source=source,
             http_status=status,
-            attempts=work.prior_attempts() + work.attempts.count,
+            attempts=prior_attempts + work.attempts.count,
             first_attempt_at=_at(work.attempts.first_at_s),
             last_attempt_at=_at(work.attempts.last_at_s),
         )
@@ -449,17 +539,22 @@ class VendorPipeline:
     # ---- commits and rebalances --------------------------------------------------------------
 
     async def _commit_loop(self) -> None:
+        """Commit soon after a commit point moves (coalesced), and at least every interval."""
         while True:
-            await asyncio.sleep(self._settings.commit_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._advanced.wait(), self._settings.commit_interval_s)
+            await asyncio.sleep(self._settings.commit_coalesce_s)
+            self._advanced.clear()
             await self.commit()
 
     async def commit(self, partitions: Iterable[TopicPartition] | None = None) -> None:
         """Commit the commit point of each (given) partition that moved since the last commit."""
+        chosen = self._windows if partitions is None else partitions
+        windows = {tp: self._windows[tp] for tp in chosen if tp in self._windows}
         offsets = {}
-        for tp in self._trackers if partitions is None else partitions:
-            tracker = self._trackers.get(tp)
-            point = tracker.commit_point() if tracker is not None else None
-            if point is not None and point > self._committed.get(tp, -1):
+        for tp, window in windows.items():
+            point = window.uncommitted()
+            if point is not None:
                 offsets[tp] = point
         if not offsets:
             return
@@ -469,36 +564,33 @@ class VendorPipeline:
             self._metrics.commit_failures.labels(self.vendor).inc()
             log.warning("commit failed: %r", exc, extra={"vendor": self.vendor})
             return
-        self._committed.update(offsets)
+        for tp, point in offsets.items():
+            window = windows[tp]
+            window.committed = max(point, window.committed or 0)
         self._metrics.commits.labels(self.vendor).inc()
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Wait (bounded) for started deliveries of revoked partitions, commit, forget them."""
-        revoked &= set(self._epochs)
+        revoked &= set(self._windows)
         await self._wait_until(
             lambda: not any(self._active.get(tp, 0) for tp in revoked),
             self._settings.revoke_timeout_s,
         )
         await self.commit(revoked)
         for tp in revoked:
-            self._epochs.pop(tp, None)
-            self._trackers.pop(tp, None)
-            self._committed.pop(tp, None)
+            self._windows.pop(tp, None)
             self._lag.pop(tp, None)
             with contextlib.suppress(KeyError):  # never had a lag sample
                 self._metrics.consumer_lag.remove(self.vendor, tp.topic, str(tp.partition))
+        self._flow.forget(revoked)
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Start tracking newly assigned partitions (a new epoch each)."""
         for tp in assigned:
-            self._epochs[tp] = next(self._next_epoch)
-            self._trackers[tp] = OffsetTracker()
-            self._committed.pop(tp, None)
-        if self._paused and assigned:
-            self._consumer.pause(*assigned)
+            self._windows[tp] = PartitionWindow(next(self._next_epoch))
         self.joined = True
         self._metrics.rebalances.labels(self.vendor).inc()
-        self._metrics.assigned_partitions.labels(self.vendor).set(len(self._epochs))
+        self._metrics.assigned_partitions.labels(self.vendor).set(len(self._windows))
         log.info(
             "partitions assigned: %s",
             sorted(f"{tp.topic}:{tp.partition}" for tp in assigned),
@@ -521,10 +613,13 @@ class VendorPipeline:
             log.debug("end offsets unavailable: %r", exc)
             return
         for tp, listed_end in listed.items():
+            window = self._windows.get(tp)
+            if window is None:
+                continue  # revoked while the end offsets were asked for
             # Tansu's ListOffsets undercounts batched partitions; the last fetch's high
             # watermark does not (it only goes stale while the partition is paused).
             end = max(listed_end, self._consumer.highwater(tp) or 0)
-            committed = self._committed.get(tp)
+            committed = window.committed
             if committed is None:
                 committed = await self._consumer.committed(tp) or 0
             self._lag[tp] = max(0, end - committed)
@@ -534,7 +629,7 @@ class VendorPipeline:
 
     def lag(self) -> int:
         """Total lag over this pipeline's partitions, as of the last lag update."""
-        return sum(self._lag.get(tp, 0) for tp in self._epochs)
+        return sum(self._lag.get(tp, 0) for tp in self._windows)
 
     async def _wait_until(self, condition: Callable[[], bool], timeout_s: float) -> None:
         """Wait for a condition re-checked whenever a record finishes, at most timeout_s."""
@@ -550,9 +645,7 @@ class VendorPipeline:
 
     # ---- shutdown ----------------------------------------------------------------------------
 
-    async def _drain(
-        self, workers: list[asyncio.Task[None]], helpers: list[asyncio.Task[None]]
-    ) -> None:
+    async def _drain(self) -> None:
         await self._wait_until(lambda: not self.in_flight, self._settings.shutdown_grace_s)
         if self.in_flight:
             log.warning(
@@ -562,9 +655,7 @@ class VendorPipeline:
             )
         for handle in self._timers:
             handle.cancel()
-        for task in (*workers, *helpers):
-            task.cancel()
-        await asyncio.gather(*workers, *helpers, return_exceptions=True)
+        await self._supervisor.stop()
         await self.commit()
         await self._consumer.stop()
         self.joined = False

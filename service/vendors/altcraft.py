@@ -28,6 +28,7 @@ from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
+from service.core.redact import redact
 from service.core.retry import classify_status, parse_retry_after
 from service.errors import VendorInputError
 from service.events import ConversionEvent, ParamValue
@@ -233,14 +234,15 @@ class AltcraftAdapter:
     def classify(self, response: VendorResponse) -> Outcome:
         """`{"error": 0}` is delivered; a non-zero error is rejected unless configured transient."""
         status, answer = response.status, parse_answer(response.body)
-        success, text = 200 <= status < 300, response.body[:512].decode("utf-8", "replace")
+        success = 200 <= status < 300
+        text = redact(response.body[:512].decode("utf-8", "replace"))
         if answer is None and success:  # HTTP says fine, yet nothing says the goal was recorded
             return Outcome(
                 kind=OutcomeKind.RETRY, reason="unreadable_answer", detail=text, status=status
             )
         if answer is None or answer.error == 0:
             return classify_status(status, response.headers, text)
-        outcome = classify_status(status, response.headers, answer.error_text[:512])
+        outcome = classify_status(status, response.headers, redact(answer.error_text[:512]))
         if success:  # HTTP says fine, the body says it failed
             retry = answer.error in self.config.retry_error_codes
             wait_s = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))

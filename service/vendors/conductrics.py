@@ -21,6 +21,7 @@ from urllib.parse import quote, urlencode
 
 import msgspec
 
+from service.core.redact import redact
 from service.core.retry import classify_status
 from service.errors import VendorInputError
 from service.events import ConversionEvent
@@ -32,6 +33,7 @@ from service.vendors.base import (
     VendorRequest,
     VendorResponse,
 )
+from service.vendors.paths import segment
 
 AGENT_API_PATH = "/v3/agent-api"
 GOAL_WINDOW_S = 72 * 3600.0
@@ -39,7 +41,7 @@ _HEADERS = MappingProxyType({"Content-Type": "application/json"})
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 # One path segment: the account code ("ac-xxx") goes between the host and /v3.
-Account = Annotated[str, msgspec.Meta(pattern=r"^[^/?#\s]+$")]
+Account = Annotated[str, msgspec.Meta(pattern=r"^(?!\.\.?$)[^/?#%\s]+$")]
 
 
 class ConductricsConfig(VendorBase, tag="conductrics", frozen=True, kw_only=True):
@@ -76,7 +78,7 @@ _encoder = msgspec.json.Encoder()
 
 def agent_api_url(base_url: str, account: str, query: Mapping[str, str]) -> str:
     """The agent-api URL with every query value percent-encoded (never `+` for a space)."""
-    path = f"{base_url.rstrip('/')}/{quote(account, safe='')}{AGENT_API_PATH}"
+    path = f"{base_url.rstrip('/')}/{segment(account, 'account')}{AGENT_API_PATH}"
     return f"{path}?{urlencode(query, quote_via=quote)}"
 
 
@@ -109,5 +111,5 @@ class ConductricsAdapter:
 
     def classify(self, response: VendorResponse) -> Outcome:
         """The doc defines no answer body: the default status table, the body as detail."""
-        detail = response.body[:512].decode("utf-8", "replace")
+        detail = redact(response.body[:512].decode("utf-8", "replace"))
         return classify_status(response.status, response.headers, detail)

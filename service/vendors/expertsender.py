@@ -24,6 +24,7 @@ from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
+from service.core.redact import redact
 from service.core.retry import classify_status
 from service.errors import VendorInputError
 from service.events import ConversionEvent
@@ -84,7 +85,7 @@ def _guid_text(value: str, field: str) -> str:
     try:
         uuid.UUID(value)
     except ValueError as exc:
-        raise VendorInputError(f"{field} must be a GUID, got {value[:64]!r}") from exc
+        raise VendorInputError(redact(f"{field} must be a GUID, got {value[:64]!r}")) from exc
     # Sent as given: the GUID originates at ExpertSender, its spelling is theirs.
     return value.strip()
 
@@ -148,7 +149,7 @@ class ExpertSenderAdapter:
         config = self.config
         # int() would also take " 2", "+2" and "2_000"; a GoalId is plain digits in Int32.
         if not route.goal_id.isascii() or not route.goal_id.isdigit():
-            raise VendorInputError(f"GoalId must be an integer, got {route.goal_id[:64]!r}")
+            raise VendorInputError(redact(f"GoalId must be an integer, got {route.goal_id[:64]!r}"))
         if not 1 <= int(route.goal_id) <= INT32_MAX:
             raise VendorInputError(f"GoalId {route.goal_id} is outside 1..{INT32_MAX}")
         data = {"GoalId": str(int(route.goal_id))}
@@ -165,8 +166,8 @@ class ExpertSenderAdapter:
         """201 is delivered; an XML ErrorMessage names the vendor's code; else the default table."""
         found = error_message(response.body) if response.status >= 300 else None
         if found is None:
-            detail = response.body[:512].decode("utf-8", "replace")
+            detail = redact(response.body[:512].decode("utf-8", "replace"))
             return classify_status(response.status, response.headers, detail)
         code, message = found
-        outcome = classify_status(response.status, response.headers, message[:512])
+        outcome = classify_status(response.status, response.headers, redact(message[:512]))
         return msgspec.structs.replace(outcome, reason=f"vendor_{_reason_code(code)}")

@@ -16,6 +16,7 @@ from typing import Annotated, ClassVar
 import msgspec
 
 from service.core import retry
+from service.core.redact import redact
 from service.errors import VendorInputError
 from service.events import ConversionEvent, ParamValue
 from service.vendors.base import Outcome, Route, VendorBase, VendorRequest, VendorResponse
@@ -79,7 +80,7 @@ def _uuid_text(value: str, field: str) -> str:
     try:
         return str(uuid.UUID(value))
     except ValueError as exc:
-        raise VendorInputError(f"{field} must be a UUID, got {value[:64]!r}") from exc
+        raise VendorInputError(redact(f"{field} must be a UUID, got {value[:64]!r}")) from exc
 
 
 class GoalReachAdapter:
@@ -116,5 +117,5 @@ class GoalReachAdapter:
 
     def classify(self, response: VendorResponse) -> Outcome:
         """200 is delivered; the rest by the default status table, with the body as detail."""
-        detail = response.body[:512].decode("utf-8", "replace")
+        detail = redact(response.body[:512].decode("utf-8", "replace"))
         return retry.classify_status(response.status, response.headers, detail)

@@ -1,6 +1,7 @@
 """A generic JSON webhook, for vendors without a built-in protocol.
 
-`{method} {base_url}{path}`: `path` may hold `{goal_id}` / `{event_id}` (URL-quoted), `headers`
+`{method} {base_url}{path}`: `path` may hold `{goal_id}` / `{event_id}` (percent-encoded, `/`
+included; a filled segment of `.` or `..` is refused as a VendorInputError), `headers`
 are sent as configured (secrets via `${ENV}`), and the JSON body is built from the `body`
 template: each value is a canonical event path (`"$.customer.email"`, `"$.occurred_at"`,
 `"$.goal_id"` = the routed vendor goal id, `"$.vendor"`), a literal, or an object or list of
@@ -20,12 +21,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, Literal
-from urllib.parse import quote
 
 import msgspec
 import msgspec.inspect as mi
 
+from service.core.redact import redact
 from service.core.retry import classify_status, parse_retry_after
+from service.errors import VendorInputError
 from service.events import ConversionEvent
 from service.vendors.base import (
     Outcome,
@@ -35,6 +37,7 @@ from service.vendors.base import (
     VendorRequest,
     VendorResponse,
 )
+from service.vendors.paths import DOT_SEGMENTS, encoded_part
 
 PATH_PREFIX, ESCAPED_PREFIX = "$.", "$$."
 PLACEHOLDERS = ("{goal_id}", "{event_id}")
@@ -193,6 +196,16 @@ def render(node: Any, event: ConversionEvent, route: Route) -> Any:
 _encoder = msgspec.json.Encoder()
 
 
+def _fill(part: str, values: Mapping[str, tuple[str, str]]) -> str:
+    """One path segment with its placeholders filled; never `.`/`..`, `/`, `?`, `#`, CR, LF."""
+    for placeholder, (value, field) in values.items():
+        if placeholder in part:
+            part = part.replace(placeholder, encoded_part(value, field))
+    if part in DOT_SEGMENTS:
+        raise VendorInputError(f"path segment {part!r} from event data would move the request")
+    return part
+
+
 class WebhookAdapter:
     """Builds requests from the configured template; classifies by the status overrides."""
 
@@ -221,14 +234,19 @@ class WebhookAdapter:
 
     def build(self, event: ConversionEvent, route: Route) -> VendorRequest:
         """Fill the path placeholders and the body template."""
-        path = self.config.path.replace("{goal_id}", quote(route.goal_id, safe=""))
-        path = path.replace("{event_id}", quote(event.event_id, safe=""))
+        values = {
+            "{goal_id}": (route.goal_id, "goal_id"),
+            "{event_id}": (event.event_id, "event_id"),
+        }
+        path = "/".join(
+            _fill(part, values) if "{" in part else part for part in self.config.path.split("/")
+        )
         body = _encoder.encode(render(self._template, event, route))
         return VendorRequest(self.config.method, self._url + path, self._headers, body)
 
     def classify(self, response: VendorResponse) -> Outcome:
         """A configured status override first, then the default table."""
-        detail = response.body[:512].decode("utf-8", "replace")
+        detail = redact(response.body[:512].decode("utf-8", "replace"))
         kind = self._kinds.get(response.status)
         if kind is None:
             return classify_status(response.status, response.headers, detail)

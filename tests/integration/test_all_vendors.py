@@ -8,10 +8,10 @@ from typing import Any
 import msgspec
 import orjson
 
-from service.demo import sample_lines
-from service.dev import dev_config
-from service.embedded import free_port
-from service.publish import publish
+from service.devtools.demo import sample_lines
+from service.devtools.dev import dev_config
+from service.devtools.publish import publish
+from service.net import free_port
 from service.sandbox.base import Sandbox
 from service.sandbox.registry import contract_for
 from service.vendors import protocol_tag

@@ -12,8 +12,8 @@ import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.demo import sample_lines
-from service.publish import publish
+from service.devtools.demo import sample_lines
+from service.devtools.publish import publish
 from tests.conftest import goal_reach_vendor, read_topic, relay_config, wait_for
 
 

@@ -9,8 +9,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import Relay
 from service.config import parse_config
-from service.demo import sample_lines
-from service.publish import publish
+from service.devtools.demo import sample_lines
+from service.devtools.publish import publish
 from tests.conftest import goal_reach_vendor, relay_config, wait_for
 
 

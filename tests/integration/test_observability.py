@@ -11,8 +11,8 @@ import aiohttp
 import promql_parser
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.demo import sample_lines
-from service.publish import publish
+from service.devtools.demo import sample_lines
+from service.devtools.publish import publish
 from tests.conftest import goal_reach_vendor, relay_config, wait_for
 from tests.unit.test_alert_rules import PROMETHEUS_METRICS, QUERIES, metric_name, selectors
 

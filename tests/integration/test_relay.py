@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from service.demo import sample_lines
-from service.publish import publish
+from service.devtools.demo import sample_lines
+from service.devtools.publish import publish
 from tests.conftest import (
     GOAL_PURCHASE,
     GOAL_SIGNUP,

@@ -9,8 +9,8 @@ import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.demo import sample_lines
-from service.publish import publish
+from service.devtools.demo import sample_lines
+from service.devtools.publish import publish
 from tests.conftest import goal_reach_vendor, relay_config, wait_for
 
 
@@ -51,3 +51,28 @@ async def test_two_workers_share_partitions_and_report_merged_metrics(
     assert delivered == len(si.accepted)
     relay.signal(signal.SIGTERM)
     assert await relay.wait_exit(60) == 0, relay.logs()
+
+
+async def test_a_worker_that_keeps_crashing_makes_the_supervisor_exit_non_zero(
+    tmp_path, broker, topics, sandbox_factory
+):
+    """A worker process that dies at once, again and again, is restarted with back-off a few
+    times; then the supervisor exits 1 so Kubernetes' CrashLoopBackOff takes over."""
+    import asyncio
+    import time
+
+    from service.config import parse_config
+    from service.net import free_port
+    from service.workers import CRASH_LIMIT, Supervisor
+
+    si = await sandbox_factory()
+    data = relay_config(broker, topics, {"sustain_impact": goal_reach_vendor(si)})
+    data["http"] = {"host": "127.0.0.1", "port": free_port()}
+    missing = str(tmp_path / "gone.yaml")  # every worker fails to load it and exits 2
+    supervisor = Supervisor(parse_config(data), missing, 1, backoff_s=(0.1, 0.2))
+    started = time.monotonic()
+    code = await asyncio.wait_for(supervisor.run(), 60)
+    assert code == 1
+    assert supervisor.crash_looping
+    assert supervisor.workers[0].restarts == CRASH_LIMIT - 1
+    assert time.monotonic() - started < 60

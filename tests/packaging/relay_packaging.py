@@ -34,12 +34,14 @@ def scenario_values(scenario: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Rendered:
-    """One render of the chart: its values, the parsed manifests and NOTES.txt."""
+    """One render of the chart: its values, the parsed manifests (what an install creates),
+    the hooks (`helm test` pods, created only by `helm test`) and NOTES.txt."""
 
     values: dict[str, Any]
     manifests: list[dict[str, Any]]
     notes: str
     templates: dict[str, str] = field(repr=False)
+    hooks: list[dict[str, Any]] = field(default_factory=list)
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         """Every manifest of a kind."""
@@ -64,13 +66,19 @@ def render(chart: helm_python.Chart, values: dict[str, Any], release: str = RELE
     """Render the chart offline, as `helm template` would, and parse every manifest."""
     templates = chart.render(values, name=release, namespace=NAMESPACE)
     manifests: list[dict[str, Any]] = []
+    hooks: list[dict[str, Any]] = []
     notes = ""
     for path, text in sorted(templates.items()):
         if path.endswith("NOTES.txt"):
             notes = text
             continue
-        manifests.extend(doc for doc in yaml.safe_load_all(text) if doc)
-    return Rendered(values=values, manifests=manifests, notes=notes, templates=templates)
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                hook = "helm.sh/hook" in (doc["metadata"].get("annotations") or {})
+                (hooks if hook else manifests).append(doc)
+    return Rendered(
+        values=values, manifests=manifests, notes=notes, templates=templates, hooks=hooks
+    )
 
 
 def deployments(result: Rendered) -> list[dict[str, Any]]:

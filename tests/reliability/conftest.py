@@ -23,7 +23,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.embedded import EmbeddedBroker, free_port
+from service.devtools.embedded import EmbeddedBroker
+from service.net import free_port
 from service.sandbox.altcraft import AltcraftContract
 from service.sandbox.base import Sandbox
 from tests.conftest import GOAL_PURCHASE, GOAL_SIGNUP, goal_reach_vendor
@@ -203,7 +204,7 @@ async def publish_paced(
     chunk: int = 100,
 ) -> None:
     """Publish lines at about `rate_per_s`, in chunks, each chunk acknowledged before the next."""
-    from service.publish import record_key
+    from service.devtools.publish import record_key
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()

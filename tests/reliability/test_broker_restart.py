@@ -21,9 +21,10 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from service.demo import sample_lines
-from service.embedded import create_topics, free_port
-from service.publish import publish
+from service.devtools.demo import sample_lines
+from service.devtools.embedded import create_topics
+from service.devtools.publish import publish
+from service.net import free_port
 from service.sandbox.altcraft import AltcraftContract
 from service.sandbox.base import Sandbox
 from service.sandbox.goal_reach import GoalReachContract

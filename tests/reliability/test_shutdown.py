@@ -7,8 +7,8 @@ import time
 
 import orjson
 
-from service.demo import sample_lines
-from service.publish import publish
+from service.devtools.demo import sample_lines
+from service.devtools.publish import publish
 from tests.conftest import committed_offsets, read_topic, relay_config
 from tests.reliability.conftest import (
     THREE_VENDORS,

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 
-from service.demo import sample_lines
+from service.devtools.demo import sample_lines
 from service.sandbox.base import Sandbox
 from tests.conftest import read_topic, relay_config
 from tests.reliability.conftest import (

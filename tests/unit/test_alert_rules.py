@@ -20,6 +20,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.metrics import OUTCOMES, Metrics
+from service.workers import WORKER_LABEL
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
@@ -29,8 +30,10 @@ DOC = ROOT / "README.md"
 RUNBOOK_BASE = "https://github.com/example/conversion-relay#"
 # Prometheus' own metric, written by the scrape itself.
 PROMETHEUS_METRICS = {"up"}
-# Labels Prometheus attaches to every scraped series.
-TARGET_LABELS = {"job", "instance"}
+# Labels Prometheus attaches to every scraped series (namespace: the Prometheus operator's).
+TARGET_LABELS = {"job", "instance", "namespace"}
+# The --workers supervisor labels each worker's process_* series.
+SUPERVISOR_LABELS = {WORKER_LABEL}
 
 
 def alert_rules() -> list[dict[str, Any]]:
@@ -155,7 +158,7 @@ def test_query_groups_by_existing_labels(
     where: str, expr: str, exported: dict[str, set[str]]
 ) -> None:
     """Every label in a by/on clause is one the relay's metrics (or the scrape) carry."""
-    known = set().union(*exported.values()) | TARGET_LABELS
+    known = set().union(*exported.values()) | TARGET_LABELS | SUPERVISOR_LABELS
     unknown = grouping_labels(promql_parser.parse(expr)) - known
     assert not unknown, f"{where}: unknown labels {sorted(unknown)}"
 
@@ -171,6 +174,41 @@ def test_rules_are_complete() -> None:
         assert set(annotations) >= {"summary", "description", "runbook_url"}, rule["alert"]
         anchor = f"runbook-{rule['alert'].lower()}"
         assert annotations["runbook_url"] == RUNBOOK_BASE + anchor, rule["alert"]
+
+
+def test_every_rule_waits_before_firing() -> None:
+    """Each alert has a `for:` of at least a minute, so one scrape or one event never pages."""
+    for rule in alert_rules():
+        duration = rule.get("for", "0s")
+        assert re.fullmatch(r"\d+[mh]", duration), f"{rule['alert']}: for: {duration!r}"
+
+
+def test_no_rule_or_panel_knows_relays_by_job_name() -> None:
+    """Targets are selected through the relay's own build_info, never a job-name pattern.
+
+    The job is whatever the scrape config calls it (the chart's `nameOverride` changes it).
+    """
+    for where, expr in QUERIES:
+        for selector in selectors(promql_parser.parse(expr)):
+            jobs = [m for m in selector.matchers.matchers if m.name == "job"]
+            assert all("$" in m.value or "placeholder" in m.value for m in jobs), (
+                f"{where}: matches the job by name: {expr}"
+            )
+            if metric_name(selector) == "up":
+                assert "conversion_relay_build_info" in expr, f"{where}: up not tied to a relay"
+
+
+def test_demo_traffic_hour_checks_every_alert_quiet() -> None:
+    """The promtool fixture has an hour of the dev mode's traffic, with every alert quiet."""
+    tests = yaml.safe_load(ALERTS_TEST.read_text())["tests"]
+    [demo] = [
+        t
+        for t in tests
+        if any("vendors=" in s["series"] and "rare_goals" in s["series"] for s in t["input_series"])
+    ]
+    quiet = {c["alertname"] for c in demo["alert_rule_test"] if not c.get("exp_alerts")}
+    assert quiet == {rule["alert"] for rule in alert_rules()}
+    assert all(not c.get("exp_alerts") for c in demo["alert_rule_test"])
 
 
 def github_slug(heading: str) -> str:

@@ -12,8 +12,11 @@ from typing import Any
 
 import pytest
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "conversion-relay.json"
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = ROOT / "deploy" / "grafana" / "conversion-relay.json"
+README = ROOT / "README.md"
 DS_REF = {"type": "prometheus", "uid": "${datasource}"}
+INSTALL = 'namespace=~"$namespace", job=~"$job", instance=~"$instance"'
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +65,62 @@ def test_vendor_variable_lists_vendors_multi_with_all(dashboard: dict[str, Any])
     assert var["type"] == "query"
     assert var["datasource"] == DS_REF
     query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
-    assert query == "label_values(conversion_relay_deliveries_total, vendor)"
+    assert query == f"label_values(conversion_relay_deliveries_total{{{INSTALL}}}, vendor)"
     assert var["definition"] == query
     assert var["multi"] is True
     assert var["includeAll"] is True
     assert var["allValue"] == ".*"
+
+
+@pytest.mark.parametrize(
+    ("name", "query"),
+    [
+        ("namespace", "label_values(conversion_relay_build_info, namespace)"),
+        ("job", 'label_values(conversion_relay_build_info{namespace=~"$namespace"}, job)'),
+        (
+            "instance",
+            'label_values(conversion_relay_build_info{namespace=~"$namespace", job=~"$job"}, '
+            "instance)",
+        ),
+    ],
+)
+def test_install_variables_come_from_the_relays_build_info(
+    dashboard: dict[str, Any], name: str, query: str
+) -> None:
+    """namespace, job and instance list only relay targets (by build_info), multi with All."""
+    var = variable(dashboard, name)
+    assert var["type"] == "query"
+    assert var["datasource"] == DS_REF
+    assert var["query"]["query"] == var["definition"] == query
+    assert var["multi"] is True
+    assert var["includeAll"] is True
+    # All matches a series without the label too (a plain scrape config has no namespace).
+    assert var["allValue"] == ".*"
+    names = [v["name"] for v in dashboard["templating"]["list"]]
+    assert names == ["datasource", "namespace", "job", "instance", "vendor"]
+
+
+def test_every_selector_filters_on_the_install(dashboard: dict[str, Any]) -> None:
+    """Each metric selector honours namespace, job and instance; two installs never mix."""
+    selector = re.compile(r"\b([a-z_]+)\{([^}]*)\}")
+    for panel in panels(dashboard):
+        for target in panel["targets"]:
+            found = selector.findall(target["expr"])
+            assert found, panel["title"]
+            for name, matchers in found:
+                assert matchers.startswith(INSTALL), f"{panel['title']}: {name}"
+
+
+def test_generic_metrics_are_joined_to_relay_targets(dashboard: dict[str, Any]) -> None:
+    """up, process_* and python_* exist for every job: each is tied to the relay's build_info."""
+    for panel in panels(dashboard):
+        for target in panel["targets"]:
+            expr = target["expr"]
+            if re.search(r"\b(up|process_\w+|python_\w+)\{", expr):
+                assert re.search(
+                    r"and on \(job, instance\) (last_over_time\()?conversion_relay_build_info\{",
+                    expr,
+                ), panel["title"]
 
 
 def test_every_panel_and_query_uses_the_datasource_variable(dashboard: dict[str, Any]) -> None:
@@ -82,7 +136,7 @@ def test_every_panel_and_query_uses_the_datasource_variable(dashboard: dict[str,
 def test_rows_in_order(dashboard: dict[str, Any]) -> None:
     """The rows are overview, per vendor, dead letters and Kafka."""
     rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
-    assert rows == ["Overview", "Per vendor", "Dead letters", "Kafka"]
+    assert rows == ["Overview", "Per vendor", "Dead letters", "Kafka", "Processes"]
 
 
 def test_panels_are_timeseries_or_stat_with_units(dashboard: dict[str, Any]) -> None:
@@ -109,12 +163,48 @@ def test_ids_are_unique_and_panels_do_not_overlap(dashboard: dict[str, Any]) -> 
 
 
 def test_vendor_metrics_are_filtered_by_the_vendor_variable(dashboard: dict[str, Any]) -> None:
-    """Every relay metric selector in a panel honours the vendor selection."""
+    """Every relay metric selector in a panel honours the vendor selection (build_info by the
+    vendors it runs)."""
     selector = re.compile(r"(conversion_relay_\w+)(\{[^}]*\})?")
     for panel in panels(dashboard):
         for target in panel["targets"]:
             for name, matchers in selector.findall(target["expr"]):
-                assert 'vendor=~"$vendor"' in matchers, f"{panel['title']}: {name}"
+                if name == "conversion_relay_build_info":
+                    assert 'vendors=~".*$vendor.*"' in matchers, panel["title"]
+                else:
+                    assert 'vendor=~"$vendor"' in matchers, f"{panel['title']}: {name}"
+
+
+def test_per_topic_panels_count_each_record_once(dashboard: dict[str, Any]) -> None:
+    """Consumption per topic takes one vendor pipeline per topic; it never adds pipelines up."""
+    for title in ("Events consumed /s", "Events consumed by topic"):
+        [panel] = [p for p in panels(dashboard) if p["title"] == title]
+        [target] = panel["targets"]
+        assert "max by (topic) (sum by (vendor, topic) (rate(" in target["expr"], title
+
+
+def test_invalid_records_are_counted_once_not_per_vendor(dashboard: dict[str, Any]) -> None:
+    """Invalid-record panels take the max over vendor pipelines; vendor dead letters leave them
+    out."""
+    for title in ("Invalid records in range", "Invalid events by reason"):
+        [panel] = [p for p in panels(dashboard) if p["title"] == title]
+        assert panel["targets"][0]["expr"].startswith("max"), title
+    [panel] = [p for p in panels(dashboard) if p["title"] == "Vendor dead letters in range"]
+    assert 'reason!="invalid_event"' in panel["targets"][0]["expr"]
+
+
+def test_memory_panel_draws_the_readme_budget(dashboard: dict[str, Any]) -> None:
+    """The RSS panel shows each process against the README's memory budget, as a line."""
+    match = re.search(r"memory budget[^.]*?(\d+) MiB per process", README.read_text())
+    assert match, "README states no memory budget"
+    budget_bytes = int(match.group(1)) * 1024 * 1024
+    [panel] = [p for p in panels(dashboard) if p["title"] == "Memory (RSS) per process"]
+    defaults = panel["fieldConfig"]["defaults"]
+    assert defaults["unit"] == "bytes"
+    assert defaults["custom"]["thresholdsStyle"]["mode"] == "line"
+    assert [s["value"] for s in defaults["thresholds"]["steps"]] == [None, budget_bytes]
+    assert "process_resident_memory_bytes" in panel["targets"][0]["expr"]
+    assert "by (instance, worker)" in panel["targets"][0]["expr"]
 
 
 @pytest.mark.parametrize(
@@ -137,6 +227,10 @@ def test_vendor_metrics_are_filtered_by_the_vendor_variable(dashboard: dict[str,
         "Commit failures",
         "Rebalances",
         "Assigned partitions",
+        "Memory (RSS) per process",
+        "CPU per process",
+        "Open file descriptors",
+        "Garbage collections per second",
     ],
 )
 def test_expected_panel_exists(dashboard: dict[str, Any], title: str) -> None:

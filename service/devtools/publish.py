@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaProducer
@@ -23,12 +24,16 @@ def record_key(line: bytes) -> bytes | None:
         return None
 
 
-async def publish(bootstrap: str, topic: str, lines: Iterable[bytes]) -> int:
-    """Send every non-empty line as one record; returns how many were sent."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
+async def publish(
+    bootstrap: str, topic: str, lines: Iterable[bytes], client: dict[str, Any] | None = None
+) -> int:
+    """Send every non-empty line as one record; returns how many were sent. `client` adds
+    connection settings (security) from a config."""
+    kwargs = {**(client or {}), "bootstrap_servers": bootstrap}
+    producer = AIOKafkaProducer(**kwargs, acks="all", linger_ms=5)
     sent = 0
     try:
+        await producer.start()
         batch = []
         for line in lines:
             line = line.strip()

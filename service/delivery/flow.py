@@ -1,0 +1,75 @@
+"""Flow control: which partitions are paused, by window, records and bytes; fetching never stops.
+
+A partition pauses when its window (records from its commit point) is full, so a stuck record
+holds back only its own partition. Every partition pauses while the pipeline is at its in-flight
+caps (records or bytes) or the vendor's breaker is open, and resumes under the low-water marks.
+The fetch loop keeps calling `getmany` while paused (paused partitions return nothing): a
+consumer that stops polling for `max_poll_interval_ms` leaves its group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from aiokafka import TopicPartition
+
+from service.config import PipelineConfig
+from service.core.window import PartitionWindow
+
+
+class Pausable(Protocol):
+    """The part of a Kafka consumer flow control uses."""
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        """Stop fetching these partitions (getmany returns nothing for them)."""
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        """Fetch these partitions again."""
+
+
+class FlowControl:
+    """Decides and applies the paused set of one pipeline's consumer."""
+
+    def __init__(self, consumer: Pausable, settings: PipelineConfig, gauge: Any) -> None:
+        self._consumer = consumer
+        self._cap = settings.max_in_flight
+        self._low_water = settings.low_water
+        self._bytes_cap = settings.max_in_flight_bytes
+        self._gauge = gauge
+        self.all_paused = False
+        self._paused: set[TopicPartition] = set()
+
+    @property
+    def paused(self) -> frozenset[TopicPartition]:
+        """The partitions paused now."""
+        return frozenset(self._paused)
+
+    def room(self, windows: Mapping[TopicPartition, PartitionWindow]) -> int:
+        """How many more records one fetch may bring (at least 1: getmany is always called)."""
+        return max(1, self._cap - sum(w.in_flight for w in windows.values()))
+
+    def update(self, windows: Mapping[TopicPartition, PartitionWindow], blocked: bool) -> None:
+        """Pause and resume partitions for the current windows and vendor state."""
+        in_flight = sum(w.in_flight for w in windows.values())
+        held_bytes = sum(w.bytes_in_flight for w in windows.values())
+        if blocked or in_flight >= self._cap or held_bytes >= self._bytes_cap:
+            self.all_paused = True
+        elif in_flight <= self._low_water and held_bytes <= self._bytes_cap // 2:
+            self.all_paused = False
+        if self.all_paused:
+            wanted = set(windows)
+        else:
+            wanted = {tp for tp, window in windows.items() if window.full(self._cap)}
+        self._gauge.set(1 if wanted else 0)
+        to_pause = wanted - self._paused
+        to_resume = (self._paused - wanted) & set(windows)
+        if to_pause:
+            self._consumer.pause(*to_pause)
+        if to_resume:
+            self._consumer.resume(*to_resume)
+        self._paused = wanted
+
+    def forget(self, partitions: set[TopicPartition]) -> None:
+        """Revoked partitions are no longer ours to pause or resume."""
+        self._paused -= partitions

@@ -1,0 +1,1 @@
+"""Dev tools (dev mode, demo events, embedded broker, publish); the runtime never imports them."""

@@ -1,0 +1,424 @@
+"""`conversion-relay dev`: embedded broker, vendor sandboxes, the relay and demo traffic, with a
+live view (a plain line per vendor every few seconds when stdout is not a terminal), a control
+endpoint to break a vendor by hand, and `--chaos` for a scripted fault tour. Ctrl-C or SIGTERM
+stops everything it started within about two seconds, whatever stdout is."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any, TextIO
+
+import msgspec
+import yaml
+from aiokafka import AIOKafkaProducer
+from prometheus_client import Metric
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from service.app import Relay
+from service.config import Config, parse_config
+from service.devtools.chaos import run_tour, tour
+from service.devtools.control import SandboxControl, start_control
+from service.devtools.demo import sample_event
+from service.devtools.embedded import EmbeddedBroker, create_topics
+from service.devtools.publish import record_key
+from service.errors import RelayError
+from service.events import encode_event
+from service.net import free_port
+from service.sandbox.base import Sandbox
+from service.sandbox.registry import contract_for
+from service.vendors import protocol_tag
+
+INVALID_EVERY = 97  # one malformed record now and then, so the DLQ has something to show
+PLAIN_EVERY_S = 5.0  # how often a plain progress block is printed when stdout is no terminal
+SHUTDOWN_S = 1.2  # the relay's drain is cut off after this; the whole exit stays under 2 s
+# The tour breaks these first (the rest of the dev vendors stay healthy).
+CHAOS_ORDER = ("expertsender", "sustain_impact", "altcraft")
+_VAR = re.compile(r"\$\{([A-Z0-9_]+)\}")
+
+
+class DevOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """What `conversion-relay dev` was asked for."""
+
+    events_per_s: float = 20.0
+    http_port: int = 8080  # 0 = a free one
+    chaos: bool = False
+    control_port: int = 0  # 0 = a free one
+    config_out: str | None = None  # None = default_config_path()
+
+
+def default_config_path() -> Path:
+    """Where dev mode writes the running stack's config unless told otherwise."""
+    return Path(tempfile.gettempdir()) / "conversion-relay-dev.yaml"
+
+
+def state_path(config_path: Path) -> Path:
+    """The file next to the config with the control endpoint's URL (read by `fault`)."""
+    return config_path.with_suffix(".json")
+
+
+def _template() -> str:
+    return resources.files("service.devtools").joinpath("dev_config.yaml").read_text()
+
+
+def dev_config_text(bootstrap: str, http_port: int, sandbox_urls: dict[str, str]) -> str:
+    """The demo config as YAML with the broker, HTTP port and sandbox URLs filled in."""
+    env = {"KAFKA_BOOTSTRAP": bootstrap, "HTTP_PORT": str(http_port)}
+    env.update({f"SANDBOX_{name.upper()}_URL": url for name, url in sandbox_urls.items()})
+    return _VAR.sub(lambda m: env.get(m.group(1), m.group(0)), _template())
+
+
+def dev_config(bootstrap: str, http_port: int, sandbox_urls: dict[str, str]) -> Config:
+    """The demo config with the broker, HTTP port and sandbox URLs filled in."""
+    return parse_config(yaml.safe_load(dev_config_text(bootstrap, http_port, sandbox_urls)), {})
+
+
+def _dev_vendors() -> dict[str, str]:
+    raw = yaml.safe_load(_template())
+    return {name: vendor["protocol"] for name, vendor in raw["vendors"].items()}
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something already listens on (or holds) the port."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+class Output:
+    """Writes to stdout and survives it: a closed pipe or fd means the rest goes to /dev/null
+    (dev mode must still stop everything it started)."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self.broken = stream is None
+        self.stream: TextIO = stream if stream is not None else open(os.devnull, "w")  # noqa: SIM115
+        self.tty = not self.broken and self.stream.isatty()
+        self.console = Console(file=self.stream, force_terminal=self.tty or None)
+
+    def line(self, text: str) -> None:
+        """Print one plain line (no markup)."""
+        self.guard(lambda: print(text, file=self.stream, flush=True))
+
+    def guard(self, write: Callable[[], object]) -> None:
+        """Run a write; on a broken stdout switch to /dev/null and carry on."""
+        if self.broken:
+            return
+        try:
+            write()
+        except (BrokenPipeError, OSError, ValueError):
+            self.broken = True
+            with contextlib.suppress(OSError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 1)
+            self.stream = open(os.devnull, "w")  # noqa: SIM115
+            self.console = Console(file=self.stream)
+
+
+async def _traffic(
+    bootstrap: str, topic: str, per_s: float, stop: asyncio.Event, burst: asyncio.Queue[int]
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    rng = random.Random()
+    index = 0
+    try:
+        while not stop.is_set():
+            index += 1
+            if index % INVALID_EVERY == 0:
+                value = b'{"event_id": "broken-%d", "goal": 42}' % index
+            else:
+                value = encode_event(sample_event(rng, index))
+            await producer.send(topic, value=value, key=record_key(value))
+            while not burst.empty():
+                for n in range(burst.get_nowait()):
+                    await producer.send(topic, value=b'{"event_id": "chaos-%d"' % n)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0 / per_s)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), 0.5)
+
+
+def _samples(metric: Metric | None, vendor: str) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for sample in metric.samples if metric is not None else ():
+        if sample.labels.get("vendor") == vendor and sample.name.endswith("_total"):
+            key = sample.labels.get("outcome") or sample.labels.get("reason") or "all"
+            values[key] = values.get(key, 0.0) + sample.value
+    return values
+
+
+COLUMNS = ("vendor", "fault", "breaker", "in", "ok", "retry", "dead", "dlq", "rl wait", "lag")
+
+
+def view_rows(relay: Relay, control: SandboxControl | None) -> list[dict[str, str]]:
+    """Per vendor: injected fault, breaker state, counts, rate-limit wait, DLQ writes, lag."""
+    metrics = {m.name: m for m in relay.metrics.registry.collect()}
+    prefix = "conversion_relay_"
+    rows = []
+    for name in relay.vendor_names:
+        outcomes = _samples(metrics.get(prefix + "deliveries"), name)
+        pipeline = relay.pipelines.get(name)
+        wait_s = sum(_samples(metrics.get(prefix + "ratelimit_wait_seconds"), name).values())
+        consumed = sum(_samples(metrics.get(prefix + "events_consumed"), name).values())
+        rows.append(
+            {
+                "vendor": name,
+                "fault": control.describe(name) if control and name in control.sandboxes else "-",
+                "breaker": pipeline.sender.breaker_state if pipeline else "-",
+                "in": f"{consumed:.0f}",
+                "ok": f"{outcomes.get('delivered', 0):.0f}",
+                "retry": f"{outcomes.get('retried', 0):.0f}",
+                "dead": f"{outcomes.get('rejected', 0) + outcomes.get('dead_lettered', 0):.0f}",
+                "dlq": f"{sum(_samples(metrics.get(prefix + 'dlq_writes'), name).values()):.0f}",
+                "rl wait": f"{wait_s:.1f}s",
+                "lag": str(pipeline.lag() if pipeline else 0),
+            }
+        )
+    return rows
+
+
+def _table(rows: list[dict[str, str]]) -> Table:
+    dlq = sum(int(r["dlq"]) for r in rows)
+    table = Table(
+        title="conversion-relay dev — per vendor",
+        caption=f"DLQ: {dlq} letters written · dead = rejected + dead-lettered · Ctrl-C stops",
+    )
+    for column in COLUMNS:
+        vendor = column == "vendor"
+        table.add_column(
+            column,
+            justify="left" if column in ("vendor", "fault") else "right",
+            no_wrap=vendor,
+            min_width=len("sustain_impact") if vendor else None,
+        )
+    for row in rows:
+        style = "red" if row["breaker"] == "open" or row["fault"] != "ok" else None
+        table.add_row(*(Text(row[c]) for c in COLUMNS), style=style)
+    return table
+
+
+def _plain(rows: list[dict[str, str]], elapsed_s: float) -> list[str]:
+    dlq = sum(int(r["dlq"]) for r in rows)
+    lines = [f"t={elapsed_s:.0f}s dlq={dlq}"]
+    for r in rows:
+        lines.append(
+            f"  {r['vendor']}: in={r['in']} ok={r['ok']} retry={r['retry']} dead={r['dead']} "
+            f"dlq={r['dlq']} breaker={r['breaker']} rl_wait={r['rl wait']} lag={r['lag']} "
+            f"fault={r['fault']}"
+        )
+    return lines
+
+
+def _cli() -> str:
+    """How to call this command line again from the same shell."""
+    script = Path(sys.argv[0])
+    if script.name == "conversion-relay":
+        with contextlib.suppress(ValueError):
+            relative = os.path.relpath(script)
+            if not relative.startswith(".."):
+                return relative if "/" in relative else f"./{relative}"
+        return str(script.absolute())
+    return "conversion-relay" if shutil.which("conversion-relay") else "python -m service"
+
+
+def commands(config_path: Path, control_url: str) -> list[str]:
+    """Ready-to-paste commands for the running stack."""
+    cli, cfg = _cli(), str(config_path)
+    return [
+        f"{cli} publish --config {cfg} --sample 10",
+        f"{cli} fault altcraft reject --state {state_path(config_path)}",
+        f"curl -s -X POST {control_url}/vendors/altcraft/down   # or errors?rate=0.3, ok",
+        f"{cli} dlq inspect --config {cfg}",
+        f"{cli} dlq replay --config {cfg} --vendor altcraft --dry-run",
+    ]
+
+
+async def run_dev(options: DevOptions | None = None) -> int:
+    """Start everything, show the live view until Ctrl-C/SIGTERM, then stop everything."""
+    options = options or DevOptions()
+    out = Output(sys.stdout)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    broker: EmbeddedBroker | None = None
+
+    def on_signal() -> None:
+        if stop.is_set() and broker is not None:  # a second Ctrl-C: quit now
+            broker.stop(kill=True)
+            os._exit(130)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    for flag, port in (("--port", options.http_port), ("--control-port", options.control_port)):
+        if port and port_in_use(port):
+            raise RelayError(
+                f"port {port} is already in use by another process; "
+                f"pick another with {flag} P, or {flag} 0 for a free one"
+            )
+    broker = EmbeddedBroker()
+    await asyncio.to_thread(broker.start)
+    sandboxes: dict[str, Sandbox] = {}
+    tasks: list[asyncio.Task[Any]] = []
+    control_runner = None
+    relay: Relay | None = None
+    started_s = time.monotonic()
+    try:
+        ports = {name: free_port() for name in _dev_vendors()}
+        http_port = options.http_port or free_port()
+        urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        text = dev_config_text(broker.bootstrap, http_port, urls)
+        config = parse_config(yaml.safe_load(text), {})
+        for name, vendor in config.vendors.items():
+            # Pinned to the vendor's config: the sandbox checks its credentials and account too.
+            sandbox = Sandbox(contract_for(protocol_tag(vendor), vendor), port=ports[name])
+            sandboxes[name] = sandbox
+            await sandbox.start()
+        control = SandboxControl(sandboxes)
+        control_runner, control_port = await start_control(control, options.control_port)
+        control_url = f"http://127.0.0.1:{control_port}"
+        await create_topics(
+            broker.bootstrap, {t: 4 for t in config.kafka.topics} | {config.dlq.topic: 1}
+        )
+        config_path = Path(options.config_out) if options.config_out else default_config_path()
+        config_path.write_text(text)
+        state_path(config_path).write_text(
+            json.dumps({"control_url": control_url, "config": str(config_path)})
+        )
+        relay = Relay(config)
+        ready = asyncio.Event()
+        relay_task = asyncio.create_task(
+            relay.run(install_signals=False, on_ready=lambda _: ready.set())
+        )
+        tasks.append(relay_task)
+        ready_task = asyncio.create_task(ready.wait())
+        await asyncio.wait({relay_task, ready_task}, return_when=asyncio.FIRST_COMPLETED)
+        ready_task.cancel()
+        if relay_task.done():
+            relay_task.result()  # raises what stopped the relay (e.g. its port was taken)
+        burst: asyncio.Queue[int] = asyncio.Queue()
+        tasks.append(
+            asyncio.create_task(
+                _traffic(
+                    broker.bootstrap, config.kafka.topics[0], options.events_per_s, stop, burst
+                )
+            )
+        )
+        port = relay.http_port or http_port
+        out.line(
+            f"broker {broker.bootstrap}   metrics http://127.0.0.1:{port}/metrics   "
+            f"status http://127.0.0.1:{port}/status   control {control_url}/vendors"
+        )
+        for name, sandbox in sandboxes.items():
+            out.line(f"  sandbox {name}: {sandbox.base_url}")
+        out.line(f"config written to {config_path}; try, in another shell:")
+        for command in commands(config_path, control_url):
+            out.line(f"  {command}")
+        out.line("Ctrl-C stops everything.")
+        if options.chaos:
+
+            async def malformed(count: int) -> None:
+                burst.put_nowait(count)
+
+            tasks.append(
+                asyncio.create_task(
+                    run_tour(
+                        tour([v for v in CHAOS_ORDER if v in sandboxes] or list(sandboxes)),
+                        control,
+                        malformed,
+                        out.line,
+                        time.monotonic,
+                    )
+                )
+            )
+        await _watch(relay, relay_task, control, out, stop, started_s)
+    finally:
+        await _shutdown(relay, tasks, stop, control_runner, sandboxes, broker)
+    out.line("stopped everything dev mode started")
+    return 0
+
+
+async def _watch(
+    relay: Relay,
+    relay_task: asyncio.Task[int],
+    control: SandboxControl,
+    out: Output,
+    stop: asyncio.Event,
+    started_s: float,
+) -> None:
+    """Refresh the view until stopped (or the relay ended on its own)."""
+    if out.tty:
+        live = Live(_table(view_rows(relay, control)), console=out.console, auto_refresh=False)
+        out.guard(live.start)
+        try:
+            while not stop.is_set() and not relay_task.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+                out.guard(lambda: live.update(_table(view_rows(relay, control)), refresh=True))
+        finally:
+            out.guard(live.stop)
+        return
+    last_s = 0.0
+    while not stop.is_set() and not relay_task.done():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+        now_s = time.monotonic()
+        if now_s - last_s >= PLAIN_EVERY_S:
+            last_s = now_s
+            for line in _plain(view_rows(relay, control), now_s - started_s):
+                out.line(line)
+
+
+async def _shutdown(
+    relay: Relay | None,
+    tasks: list[asyncio.Task[Any]],
+    stop: asyncio.Event,
+    control_runner: Any,
+    sandboxes: dict[str, Sandbox],
+    broker: EmbeddedBroker,
+) -> None:
+    """Stop in a bounded time: the relay drains for at most SHUTDOWN_S, then is cancelled."""
+    stop.set()
+    if relay is not None:
+        relay.request_stop()
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_S)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=0.2)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: a failure was reported already or is moot at exit
+    closing = [sandbox.stop() for sandbox in sandboxes.values()]
+    if control_runner is not None:
+        closing.append(control_runner.cleanup())
+    if closing:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), 0.3)
+    broker.stop(kill=True)  # memory storage: nothing to flush
+    if any(not task.done() for task in tasks):
+        # A task ignored its cancellation (an aiokafka close stuck on a dead broker): exiting
+        # now is what Ctrl-C asked for; asyncio.run would otherwise wait for it for good.
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        os._exit(0)

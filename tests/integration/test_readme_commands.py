@@ -1,0 +1,124 @@
+"""The README's command lines, run as written: the "Try it" walkthrough against a running
+`dev`, and the dead-letter example session against a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT, goal_reach_vendor, relay_config
+from tests.integration.test_dlq_replay import _events, _headers, _put
+
+README = (ROOT / "README.md").read_text()
+
+
+def _section(title: str) -> str:
+    start = README.index(f"\n{title}\n")
+    end = README.find("\n## ", start + len(title) + 2)  # the next top-level section
+    return README[start:end]
+
+
+def _blocks(text: str) -> list[str]:
+    return re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+
+
+def _sh(command: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, timeout=90, cwd=cwd, env=env
+    )
+
+
+def test_the_try_it_walkthrough_runs_as_written(tmp_path: Path) -> None:
+    """Five steps against `make run`'s stack (here `dev --port 0`, temp dir moved under the
+    test's, so `/tmp/` in the commands becomes that dir)."""
+    steps = [
+        line
+        for line in _blocks(_section("## Try it"))[0].splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert len(steps) == 5
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    dev = subprocess.Popen(
+        [str(ROOT / ".venv/bin/conversion-relay"), "dev", "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        state = tmp_path / "conversion-relay-dev.json"
+        deadline = time.monotonic() + 60
+        while not state.exists():
+            assert dev.poll() is None, dev.stderr.read() if dev.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(4)
+        run = [s.replace("/tmp/", f"{tmp_path}/") for s in steps]
+        first = [_sh(step, env, ROOT) for step in run[:3]]
+        for done in first:
+            assert done.returncode == 0, done.stderr
+        assert first[0].stdout.startswith("# The demo configuration")
+        assert first[1].stdout.splitlines() == ["published 20 records to conversions"]
+        assert first[2].stdout.splitlines() == ["expertsender: down", "altcraft: reject 5"]
+        deadline = time.monotonic() + 30
+        while True:  # the demo traffic reaches altcraft within a second or two
+            inspected = _sh(run[3], env, ROOT)
+            assert inspected.returncode == 0, inspected.stderr
+            if inspected.stdout.startswith("5 dead letters waiting in conversions.dlq"):
+                break
+            assert time.monotonic() < deadline, inspected.stdout
+            time.sleep(0.5)
+        assert "altcraft" in inspected.stdout.splitlines()[2]
+        replayed = _sh(run[4], env, ROOT)
+        assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+        lines = replayed.stdout.splitlines()
+        assert lines[:2] == ["expertsender: ok", "5 dead letters to replay to altcraft"]
+        assert lines[-1].startswith("summary: delivered=5, rejected=0")
+    finally:
+        dev.send_signal(signal.SIGINT)
+        try:
+            dev.wait(10)
+        except subprocess.TimeoutExpired:
+            dev.kill()
+            dev.wait(10)
+
+
+async def test_the_dead_letter_session_in_the_readme_prints_what_it_shows(
+    broker, topics, sandbox_factory, tmp_path
+):
+    """Each `$ conversion-relay …` line of "Dead letters and replay": exit code 0 and the first
+    line of output the README shows."""
+    si = await sandbox_factory()
+    config = relay_config(broker, topics, {"sustain_impact": goal_reach_vendor(si)})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    await _put(
+        broker.bootstrap,
+        topics.dlq,
+        [(_headers("sustain_impact", "rejected", n), e) for n, e in enumerate(_events(3))],
+    )
+    session: list[tuple[str, str]] = []
+    for block in _blocks(_section("### Dead letters and replay")):
+        lines = block.splitlines()
+        for index, line in enumerate(lines):
+            if line.startswith("$ "):
+                session.append((line[2:], lines[index + 1]))
+    assert len(session) == 5
+    cli = f"{shlex.quote(sys.executable)} -m service"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for command, shown in session:
+        done = await asyncio.to_thread(
+            _sh, command.replace("conversion-relay", cli, 1), env, tmp_path
+        )
+        assert done.returncode == 0, f"{command}: {done.stderr}"
+        expected = shown.replace("conversions.dlq", topics.dlq)
+        assert done.stdout.splitlines()[0] == expected, command
+    assert len(si.accepted) == 3

@@ -1,0 +1,101 @@
+"""PartitionWindow and FlowControl: pure state, no loop, no network."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from aiokafka import TopicPartition
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.config import PipelineConfig
+from service.core.window import PartitionWindow
+from service.delivery.flow import FlowControl
+
+TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
+
+
+class Pauses:
+    def __init__(self) -> None:
+        self.paused: set[TopicPartition] = set()
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused |= set(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused -= set(tps)
+
+
+def _gauge() -> SimpleNamespace:
+    return SimpleNamespace(set=lambda value: None)
+
+
+def test_the_window_counts_from_the_commit_point_not_the_unfinished_records():
+    """Behind one unfinished record the window keeps every later offset, finished or not."""
+    window = PartitionWindow(epoch=1)
+    for offset in range(10):
+        window.dispatch(offset, 100)
+    for offset in range(1, 10):
+        window.complete(offset)
+    assert (window.in_flight, window.size, window.bytes_in_flight) == (1, 10, 100)
+    assert window.full(10) and not window.full(11)
+    assert window.complete(0) is True
+    assert (window.size, window.commit_point(), window.bytes_in_flight) == (0, 10, 0)
+
+
+def test_a_refetched_or_twice_completed_record_changes_nothing():
+    """Dispatching an offset again, or completing it twice, leaves counts and bytes alone."""
+    window = PartitionWindow(epoch=1)
+    assert window.dispatch(5, 10) and not window.dispatch(5, 10)
+    assert window.complete(5) and not window.complete(5)
+    assert window.bytes_in_flight == 0 and window.uncommitted() == 6
+    window.committed = 6
+    assert window.uncommitted() is None
+
+
+@given(st.permutations(list(range(30))))
+def test_the_commit_point_never_passes_an_unfinished_record(order):
+    """Whatever order records finish in, the commit point is the lowest unfinished offset."""
+    window = PartitionWindow(epoch=1)
+    for offset in range(30):
+        window.dispatch(offset, 1)
+    done: set[int] = set()
+    for offset in order:
+        window.complete(offset)
+        done.add(offset)
+        lowest = min(set(range(30)) - done, default=30)
+        assert window.commit_point() == lowest
+
+
+def test_a_full_window_pauses_only_its_partition():
+    """A stuck record pauses its own partition when the window is full; the other fetches on."""
+    consumer = Pauses()
+    flow = FlowControl(consumer, PipelineConfig(max_in_flight=5), _gauge())
+    stuck, free = PartitionWindow(1), PartitionWindow(2)
+    for offset in range(5):
+        stuck.dispatch(offset, 1)
+    for offset in range(1, 5):
+        stuck.complete(offset)
+    flow.update({TP0: stuck, TP1: free}, blocked=False)
+    assert consumer.paused == {TP0}
+    stuck.complete(0)
+    flow.update({TP0: stuck, TP1: free}, blocked=False)
+    assert consumer.paused == set()
+
+
+def test_bytes_over_the_cap_pause_everything_until_half_of_it():
+    """At max_in_flight_bytes every partition pauses; they resume under half of it."""
+    consumer = Pauses()
+    flow = FlowControl(consumer, PipelineConfig(max_in_flight_bytes=1000), _gauge())
+    window = PartitionWindow(1)
+    window.dispatch(0, 600)
+    window.dispatch(1, 600)
+    windows = {TP0: window, TP1: PartitionWindow(2)}
+    flow.update(windows, blocked=False)
+    assert consumer.paused == {TP0, TP1} and flow.room(windows) >= 1
+    window.complete(0)
+    flow.update(windows, blocked=False)
+    assert consumer.paused == {TP0, TP1}  # 600 bytes: above half the cap
+    window.complete(1)
+    flow.update(windows, blocked=False)
+    assert consumer.paused == set()
