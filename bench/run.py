@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 
 from bench import kafka, relay
+from bench.adaptive import adaptive_section
 from bench.memory_stuck import memory_stuck
 from bench.procs import Proc, Usage, install_signal_handlers, python_module, stop_all
 from bench.report import Noise, Row, Section, machine, mib, num, throughput_section
@@ -33,7 +34,16 @@ from service.devtools.demo import sample_lines
 from service.devtools.embedded import EmbeddedBroker
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-SCENARIOS = ("throughput", "nginx", "latency", "memory", "memory_stuck", "ratelimit", "workers")
+SCENARIOS = (
+    "throughput",
+    "nginx",
+    "latency",
+    "memory",
+    "memory_stuck",
+    "ratelimit",
+    "workers",
+    "adaptive",
+)
 CONTENDERS = ("kafka", "client", "naive", "faststream", "faststream64", "relay1", "relay5")
 POLL_S = 0.1
 
@@ -831,6 +841,8 @@ async def run(settings: Settings, scenarios: list[str]) -> str:
                 await bench.ratelimit()
             if "workers" in scenarios and shared is not None and shared[1] is not None:
                 await bench.workers(shared[0], shared[1])
+            if "adaptive" in scenarios:  # quick runs have max_s of a few seconds
+                bench.report.add(await adaptive_section(quick=settings.max_s < 10))
     finally:
         stop_all()
         broker.stop()

@@ -20,7 +20,12 @@ from service.core.redact import redact
 from service.delivery.dedup import DedupStore, make_dedup_store
 from service.delivery.dlq import DeadLetterWriter
 from service.delivery.pipeline import VendorPipeline
-from service.delivery.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from service.delivery.ratelimit import (
+    LocalRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+    partition_share,
+)
 from service.delivery.redis_config import redis_client
 from service.delivery.replay import (
     LetterFilter,
@@ -30,7 +35,8 @@ from service.delivery.replay import (
     plan_replay,
     wait_done,
 )
-from service.delivery.sender import Sender, close_sessions, new_session
+from service.delivery.sender import Sender
+from service.delivery.transport import AiohttpTransport, close_sessions, new_session
 from service.http import start_http
 from service.kafka import consumer_kwargs, producer_kwargs
 from service.metrics import Metrics
@@ -157,13 +163,17 @@ class Relay:
         if session is None:
             session = self._sessions[name] = new_session(vendor)
         assert self._limiter is not None, "start_shared() first"
+        transport = AiohttpTransport(name, session)
         sender = Sender(
-            name, make_adapter(name, vendor), session, vendor, self.metrics, self._limiter
+            name, make_adapter(name, vendor), transport, vendor, self.metrics, self._limiter
         )
         kafka = self.config.kafka
+        live = topics is None and consumer is None  # not replay (it brings its own consumer)
         group = group or f"{kafka.group_prefix}.{name}"
         if consumer is None:
             consumer = AIOKafkaConsumer(**consumer_kwargs(kafka, group))
+        if live:  # the live group's partition share is this process' share of the fleet
+            self._limiter.set_share(name, partition_share(consumer, list(kafka.topics)))
         dlq = dlq or self._dlq
         assert dlq is not None
         return VendorPipeline(

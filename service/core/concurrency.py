@@ -10,6 +10,11 @@ RTT (never shorter than `min_window_s`):
   `mean + max(rtt_deviation_scale · deviation, 10% of mean)` (the 10% keeps a very steady
   vendor's jitter from reading as a jump) → `limit = max(1, floor(limit · decrease_ratio))`.
   The default ratio 0.9 (Vector's) sheds load gently; 0.5 halves like TCP Reno.
+  It also decreases when the window's RTT is above `(1 + queueing_ratio)` × the *baseline*:
+  the lowest window RTT seen (forgotten slowly, 0.1 % of the gap per window), i.e. the
+  vendor's RTT without queueing. The moving average alone follows a slow, one-step-at-a-time
+  rise of the RTT, so a vendor that queues what it cannot serve would otherwise let the limit
+  climb to `max`.
 * **increase** (additive): otherwise, if the limit was reached in the window (all slots in use;
   pointless to grow when they are not) → `limit + 1`, never above `max`.
 
@@ -32,6 +37,8 @@ __all__ = ["AdaptiveConcurrency", "ConcurrencyConfig", "is_overload"]
 
 # An RTT jump must exceed the mean by at least this share of it, whatever the deviation.
 _MIN_JUMP_RATIO = 0.1
+# Share of the gap to a window's RTT by which the no-queueing baseline rises each window.
+_BASELINE_FORGET = 0.001
 
 
 def is_overload(outcome: Outcome) -> bool:
@@ -49,6 +56,7 @@ class ConcurrencyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     rtt_deviation_scale: Annotated[float, msgspec.Meta(gt=0)] = 2.5
     ewma_alpha: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.4
     min_window_s: Annotated[float, msgspec.Meta(gt=0)] = 0.05
+    queueing_ratio: Annotated[float, msgspec.Meta(gt=0)] = 0.5
 
     def __post_init__(self) -> None:
         """Reject an `initial` above `max`."""
@@ -68,6 +76,7 @@ class AdaptiveConcurrency:
         self.config = config
         self._limit = config.start_limit
         self.mean_rtt_s: float | None = None
+        self.base_rtt_s: float | None = None
         self.deviation_s = 0.0
         self._window_start_s = now_s
         self._window_rtt_sum_s = 0.0
@@ -117,6 +126,9 @@ class AdaptiveConcurrency:
     def _rtt_jumped(self, window_rtt_s: float | None) -> bool:
         if self.mean_rtt_s is None or window_rtt_s is None:
             return False
+        base_s = self.base_rtt_s
+        if base_s is not None and window_rtt_s > base_s * (1 + self.config.queueing_ratio):
+            return True
         margin_s = max(
             self.config.rtt_deviation_scale * self.deviation_s, _MIN_JUMP_RATIO * self.mean_rtt_s
         )
@@ -124,6 +136,11 @@ class AdaptiveConcurrency:
         return window_rtt_s > threshold_s
 
     def _update_rtt(self, window_rtt_s: float) -> None:
+        base_s = self.base_rtt_s
+        if base_s is None or window_rtt_s < base_s:
+            self.base_rtt_s = window_rtt_s
+        else:
+            self.base_rtt_s = base_s + _BASELINE_FORGET * (window_rtt_s - base_s)
         alpha = self.config.ewma_alpha
         if self.mean_rtt_s is None:
             self.mean_rtt_s = window_rtt_s

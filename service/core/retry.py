@@ -30,12 +30,16 @@ _PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 
 
 class RetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """How often and how patiently one record is retried before it is dead-lettered."""
+    """How patiently one record is retried before it is dead-lettered: a budget of time
+    (`max_elapsed_s`), optionally also a count (`max_attempts`, None = no count limit)."""
 
-    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
+    # None by default: a small count dead-letters ~0.3**n of a vendor failing 30 % at random.
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
     initial_backoff_s: _PositiveFloat = 0.2
     max_backoff_s: _PositiveFloat = 30.0
     max_elapsed_s: _PositiveFloat = 300.0
+    # A Retry-After longer than this is cut to it (a vendor asking for years gets minutes).
+    max_retry_after_s: _PositiveFloat = 300.0
 
 
 __all__ = [
@@ -43,6 +47,7 @@ __all__ = [
     "StatusActions",
     "StatusTable",
     "backoff_s",
+    "bounded_retry_after",
     "classify_status",
     "default_action",
     "error_outcome",
@@ -124,20 +129,38 @@ def error_outcome(error: RelayError) -> Outcome:
     return Outcome(kind=kind, reason=reason, detail=str(error))
 
 
+# Longer delta-seconds than this are not a wait anyone means (and would overflow a float).
+_MAX_RETRY_AFTER_DIGITS = 10
+
+
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """Seconds to wait from a Retry-After value (delta-seconds or HTTP date); None if absent/bad."""
+    """Seconds to wait from a Retry-After value (delta-seconds or HTTP date); None if absent or
+    unparseable (never raises: `²`, 309 digits and garbage are all just None)."""
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
-        return float(int(text))
+    if text.isascii() and text.isdigit():
+        return float(int(text)) if len(text) <= _MAX_RETRY_AFTER_DIGITS else None
     try:
         when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:  # an HTTP date is GMT by definition
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - now).total_seconds())
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:  # an HTTP date is GMT by definition
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
+
+
+def bounded_retry_after(
+    header: str | None, parsed_s: float | None, max_s: float
+) -> tuple[float | None, str]:
+    """The wait to honour (at most `max_s`) and a note when the header was ignored or cut."""
+    if parsed_s is None or not math.isfinite(parsed_s) or parsed_s < 0:
+        if header is None:
+            return None, ""
+        return None, f"Retry-After {header[:40]!r} ignored: not a delay"
+    if parsed_s > max_s:
+        return max_s, f"Retry-After {parsed_s:.0f}s cut to max_retry_after_s {max_s:g}s"
+    return parsed_s, ""
 
 
 def backoff_s(attempt: int, initial_s: float, max_s: float, random: Callable[[], float]) -> float:
@@ -147,10 +170,17 @@ def backoff_s(attempt: int, initial_s: float, max_s: float, random: Callable[[],
 
 
 def should_retry(
-    attempt: int, first_attempt_at_s: float, now_s: float, config: RetryConfig
+    attempt: int,
+    first_attempt_at_s: float,
+    now_s: float,
+    config: RetryConfig,
+    excused_s: float = 0.0,
 ) -> bool:
-    """Whether the budget allows another try after `attempt` tries, the first at the given time."""
-    return attempt < config.max_attempts and now_s - first_attempt_at_s < config.max_elapsed_s
+    """Whether the budget allows another try after `attempt` tries, the first at the given time
+    (`excused_s`: time spent waiting for a vendor-wide outage or pause, not charged)."""
+    if config.max_attempts is not None and attempt >= config.max_attempts:
+        return False
+    return now_s - first_attempt_at_s - excused_s < config.max_elapsed_s
 
 
 def retry_delay_s(
@@ -160,13 +190,17 @@ def retry_delay_s(
     now_s: float,
     config: RetryConfig,
     random: Callable[[], float],
+    excused_s: float = 0.0,
 ) -> float | None:
-    """Seconds before the next try (backoff, at least Retry-After); None when it may not happen."""
-    if not outcome.retriable or not should_retry(attempt, first_attempt_at_s, now_s, config):
+    """Seconds before the next try (backoff, at least Retry-After up to its cap); None when it
+    may not happen (the budget is spent, or would be before the next try)."""
+    if not outcome.retriable or not should_retry(
+        attempt, first_attempt_at_s, now_s, config, excused_s
+    ):
         return None
     delay_s = backoff_s(attempt, config.initial_backoff_s, config.max_backoff_s, random)
     if outcome.retry_after_s is not None:
-        delay_s = max(delay_s, outcome.retry_after_s)
-    if now_s + delay_s - first_attempt_at_s > config.max_elapsed_s:
+        delay_s = max(delay_s, min(outcome.retry_after_s, config.max_retry_after_s))
+    if now_s + delay_s - first_attempt_at_s - excused_s > config.max_elapsed_s:
         return None
     return delay_s

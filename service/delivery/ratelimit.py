@@ -4,9 +4,15 @@ pause a whole vendor when it answers 429/503 with Retry-After.
     RateLimiter (protocol)
     ├── LocalRateLimiter   one token bucket per vendor (and account) in this process
     └── RedisRateLimiter   GCRA in one Lua script on Redis, shared by every replica;
-                           falls back to a LocalRateLimiter at per_s / replicas while Redis
-                           is unreachable, and returns to Redis by itself (re-probed every
-                           `reprobe_s`)
+                           falls back to a local bucket at this process' share of the limit
+                           while Redis is unreachable, and returns to Redis by itself
+                           (re-probed every `reprobe_s`)
+
+The fallback share follows the live fleet: it is the share of the vendor's partitions this
+process owns in its consumer group (`set_share`, `partition_share`), so scaling from 2 to 4
+processes halves each one's share even while Redis is down; only before any assignment is
+known does it use the configured `per_s / redis.replicas`. Vendors without a rate limit never
+touch Redis (their Retry-After pauses stay local: each replica gets its own 429s anyway).
 
 `acquire()` reserves the caller's slot and sleeps until it (one Redis round trip per request,
 FIFO). A Retry-After pause is vendor-wide: every `acquire()` for that vendor waits it out,
@@ -25,7 +31,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio
 import redis.exceptions
@@ -34,7 +40,15 @@ from service.core.ratelimit import RateLimitConfig, TokenBucket
 from service.delivery.redis_config import RedisConfig
 from service.metrics import Metrics
 
-__all__ = ["REDIS_ERRORS", "LocalRateLimiter", "RateLimiter", "RedisRateLimiter"]
+__all__ = [
+    "REDIS_ERRORS",
+    "LocalRateLimiter",
+    "RateLimiter",
+    "RedisRateLimiter",
+    "Share",
+    "fraction_of",
+    "partition_share",
+]
 
 log = logging.getLogger("conversion_relay.ratelimit")
 
@@ -89,6 +103,10 @@ return 1
 """
 
 
+# This process' share (0..1] of a vendor's fleet, None while unknown.
+Share = Callable[[], float | None]
+
+
 class RateLimiter(Protocol):
     """Waits for a vendor's rate limit and honours vendor-wide Retry-After pauses."""
 
@@ -103,6 +121,36 @@ class RateLimiter(Protocol):
     async def paused_for_s(self, vendor: str) -> float:
         """Seconds the vendor stays paused (0.0 when it is not)."""
         ...
+
+    def pause_left_s(self, vendor: str) -> float:
+        """Seconds left of the pause this process knows of (no I/O)."""
+        ...
+
+    def set_share(self, vendor: str, share: Share) -> None:
+        """Tell the limiter which share of the fleet this process is for `vendor`."""
+        ...
+
+
+def partition_share(consumer: Any, topics: list[str]) -> Share:
+    """The share of `topics`' partitions `consumer` owns in its group (None while unknown)."""
+
+    def share() -> float | None:
+        total = 0
+        for topic in topics:
+            partitions = consumer.partitions_for_topic(topic)
+            total += len(partitions) if partitions else 0
+        owned = sum(1 for tp in consumer.assignment() if tp.topic in topics)
+        return owned / total if total and owned else None
+
+    return share
+
+
+def fraction_of(config: RateLimitConfig, share: float) -> RateLimitConfig:
+    """`share` (0..1] of a limit: per_s · share, and the burst too (at least 1)."""
+    share = min(1.0, max(share, 1e-6))
+    return RateLimitConfig(
+        per_s=config.per_s * share, burst=max(1, int(config.burst_requests * share))
+    )
 
 
 class LocalRateLimiter:
@@ -140,13 +188,17 @@ class LocalRateLimiter:
         """Seconds the vendor stays paused (0.0 when it is not)."""
         return self.pause_left_s(vendor)
 
-    def pause_local(self, vendor: str, until_epoch_s: float) -> bool:
+    def set_share(self, vendor: str, share: Share) -> None:
+        """Nothing to share without Redis: each process limits alone."""
+
+    def pause_local(self, vendor: str, until_epoch_s: float, count: bool = True) -> bool:
         """Record a pause in this process; True if it extended the current one."""
         until_s = self._clock() + (until_epoch_s - self._wall_clock())
         if until_s <= self._paused_until.get(vendor, -math.inf) or until_s <= self._clock():
             return False
+        started = self.pause_left_s(vendor) == 0.0  # the counter counts pauses, not extensions
         self._paused_until[vendor] = until_s
-        if self._metrics is not None:
+        if count and started and self._metrics is not None:
             self._metrics.retry_after_pauses.labels(vendor).inc()
         return True
 
@@ -206,10 +258,14 @@ class RedisRateLimiter:
         self._client = client
         self._gcra = client.register_script(GCRA_LUA)
         self._pause = client.register_script(PAUSE_LUA)
-        shares = {v: (c.share(replicas) if c else None) for v, c in self._limits.items()}
-        # Pauses are always recorded here too, so this replica honours them even without Redis.
+        self._replicas = max(1, replicas)
+        self._shares: dict[str, Share] = {}
+        # (vendor, account) → (the share it was built for, the fallback bucket)
+        self._fallback_buckets: dict[tuple[str, str], tuple[float, TokenBucket]] = {}
+        # Pauses are always recorded here too, so this replica honours them even without Redis;
+        # it also limits the vendors that have no limit (no bucket: only their pauses).
         self.local = LocalRateLimiter(
-            shares, metrics=metrics, clock=clock, wall_clock=wall_clock, sleep=sleep
+            {}, metrics=metrics, clock=clock, wall_clock=wall_clock, sleep=sleep
         )
         self._fallback = False
         self._next_probe_s = -math.inf
@@ -238,15 +294,31 @@ class RedisRateLimiter:
         """True while Redis is unreachable and this replica limits alone."""
         return self._fallback
 
+    def set_share(self, vendor: str, share: Share) -> None:
+        """Where this process' share of `vendor`'s fleet comes from (used while Redis is down)."""
+        self._shares[vendor] = share
+
+    def share_of(self, vendor: str) -> float:
+        """This process' share of `vendor`'s limit while Redis is down."""
+        provider = self._shares.get(vendor)
+        share = provider() if provider is not None else None
+        return share if share is not None and share > 0 else 1.0 / self._replicas
+
+    def pause_left_s(self, vendor: str) -> float:
+        """Seconds left of the pause this process knows of (its own or one Redis reported)."""
+        return self.local.pause_left_s(vendor)
+
     async def acquire(self, vendor: str, account: str = "") -> float:
         """Reserve the next shared slot and sleep until it, sitting out any pause."""
+        if self._limits.get(vendor) is None:
+            return await self.local.acquire(vendor, account)  # no limit: no Redis round trip
         waited_s = shared_waited_s = 0.0  # the local limiter counts its own waits
         while True:
             wait_s = self.local.pause_left_s(vendor)
             paused = wait_s > 0
             if not paused:
                 if not self._try_redis():
-                    waited_s += await self.local.acquire(vendor, account)
+                    waited_s += await self._fallback_acquire(vendor, account)
                     break
                 try:
                     wait_s, paused = await self._reserve(vendor, account)
@@ -254,6 +326,8 @@ class RedisRateLimiter:
                     self._enter_fallback(exc)
                     continue
                 self._leave_fallback()
+                if paused:  # another replica's pause: hold this process' requests too
+                    self.local.pause_local(vendor, self._wall_clock() + wait_s, count=False)
             if wait_s > 0:
                 await self._sleep(wait_s)
                 shared_waited_s += wait_s
@@ -264,10 +338,31 @@ class RedisRateLimiter:
             self._metrics.ratelimit_wait_seconds.labels(vendor).inc(shared_waited_s)
         return waited_s + shared_waited_s
 
+    async def _fallback_acquire(self, vendor: str, account: str) -> float:
+        """A local bucket at this process' current share of the limit (Redis is down)."""
+        config = self._limits.get(vendor)
+        if config is None:
+            return 0.0
+        share = self.share_of(vendor)
+        known = self._fallback_buckets.get((vendor, account))
+        if known is None or abs(known[0] - share) > 0.01 * share:
+            bucket = TokenBucket.from_config(fraction_of(config, share), self._clock)
+            self._fallback_buckets[vendor, account] = (share, bucket)
+        else:
+            bucket = known[1]
+        wait_s = bucket.reserve()
+        if wait_s > 0:
+            await self._sleep(wait_s)
+            if self._metrics is not None:
+                self._metrics.ratelimit_wait_seconds.labels(vendor).inc(wait_s)
+        return wait_s
+
     async def pause_until(self, vendor: str, until_epoch_s: float) -> None:
         """Pause `vendor` here and, through Redis, on every replica (extends, never shortens)."""
         self.local.pause_local(vendor, until_epoch_s)
         pause_ms = math.ceil((until_epoch_s - self._wall_clock()) * 1000)
+        if self._limits.get(vendor) is None:
+            return  # a vendor without a limit never touches Redis
         if pause_ms <= 0 or not self._try_redis():
             return
         try:
@@ -280,7 +375,7 @@ class RedisRateLimiter:
     async def paused_for_s(self, vendor: str) -> float:
         """Seconds the vendor stays paused, here or by any replica (0.0 when it is not)."""
         local_s = self.local.pause_left_s(vendor)
-        if not self._try_redis():
+        if self._limits.get(vendor) is None or not self._try_redis():
             return local_s
         try:
             pttl_ms = int(await self._client.pttl(self._pause_key(vendor)))
@@ -323,7 +418,8 @@ class RedisRateLimiter:
         self._fallback = True
         self._set_fallback_gauge(1)
         log.warning(
-            "redis unreachable (%s: %s); limiting locally at per_s/replicas, re-probing every %gs",
+            "redis unreachable (%s: %s); limiting locally at this process' share of the fleet, "
+            "re-probing every %gs",
             type(exc).__name__,
             exc,
             self._reprobe_s,
@@ -338,5 +434,6 @@ class RedisRateLimiter:
 
     def _set_fallback_gauge(self, value: int) -> None:
         if self._metrics is not None:
-            for vendor in self._limits:
-                self._metrics.ratelimit_fallback.labels(vendor).set(value)
+            for vendor, limit in self._limits.items():
+                # a vendor without a limit never uses Redis, so it is never on a fallback
+                self._metrics.ratelimit_fallback.labels(vendor).set(value if limit else 0)

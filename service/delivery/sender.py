@@ -1,25 +1,34 @@
-"""The shared HTTP sender: the layers around one request, outermost first, in one place.
+"""The sender: the delivery layers of one vendor, composed in one place (`Sender.deliver`).
 
-dedup      (pipeline: skip an event already delivered to this vendor; mark after delivery)
-breaker    wait while the vendor's circuit is open (the pipeline also pauses its fetching)
-limiter    the vendor's rate limit and any Retry-After pause (shared over Redis if set)
-concurrency  adaptive (AIMD) gate, when enabled; else the worker count is the ceiling
-request    one encoded request; aiohttp's errors translated here, once
-classify   the adapter's reading of the answer, then this vendor's status overrides
-retry      backoff with full jitter, Retry-After honoured, max_attempts and max_elapsed_s;
-           never given up while the breaker is open (an outage is not the event's fault)
-DLQ        (pipeline: rejected, exhausted or expired records, with their story)
+Outermost first, each a small object tested alone:
+
+    breaker        wait while the vendor's circuit is open (one jittered probe per interval)
+    pause          sit out a vendor-wide Retry-After pause (bounded), outside the gate
+    gate           adaptive (AIMD) concurrency gate; fed the true in-flight count
+    rate token     the vendor's rate limit (shared over Redis if set), taken inside the gate
+                   so requests queued at the gate do not burst out together
+    transport      one prepared request out, a bounded answer back (`Transport`)
+    classify       the adapter's reading; a 3xx is a redirect never followed, never delivered;
+                   Retry-After bounded by max_retry_after_s, an unparseable one noted and ignored
+    overrides      this vendor's `status_actions`
+    retry policy   delivered / dead letter / retry after a delay; time spent waiting for the
+                   vendor (open breaker, Retry-After pause) is never charged to the record
+
+The pipeline (dedup before, DLQ after) calls only `deliver`; it also reads `sending_blocked()`,
+`breaker_state`, `concurrency.limit` and `adapter`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from types import TracebackType
 
-import aiohttp
 import msgspec
+import yarl
 
 from service.core.breaker import BreakerState, CircuitBreaker, is_outage
 from service.core.concurrency import AdaptiveConcurrency, ConcurrencyConfig, is_overload
@@ -31,14 +40,40 @@ from service.core.exchange import (
     VendorRequest,
     VendorResponse,
 )
-from service.core.retry import StatusTable, backoff_s, error_outcome, retry_delay_s
+from service.core.retry import (
+    RetryConfig,
+    StatusTable,
+    backoff_s,
+    bounded_retry_after,
+    error_outcome,
+    retry_delay_s,
+)
 from service.delivery.ratelimit import RateLimiter
-from service.errors import DeliveryError, VendorTimeout, VendorUnreachable
+from service.delivery.transport import Transport, close_sessions, new_session
+from service.errors import DeliveryError
+from service.logs import redact
 from service.metrics import Metrics
 from service.vendors.base import Adapter, VendorBase
 
+__all__ = [
+    "Attempts",
+    "BreakerLayer",
+    "ConcurrencyGate",
+    "PauseLayer",
+    "RetryPolicy",
+    "Sender",
+    "close_sessions",
+    "new_session",
+    "status_class",
+]
+
+log = logging.getLogger("conversion_relay.sender")
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
 # Statuses whose Retry-After pauses the whole vendor, not just the one record.
-_VENDOR_WIDE_WAIT = frozenset({429, 503})
+VENDOR_WIDE_WAIT = frozenset({429, 503})
 
 
 def _always() -> bool:
@@ -54,6 +89,10 @@ class Attempts(msgspec.Struct, kw_only=True):
     count: int = 0
     first_at_s: float = 0.0  # epoch seconds of the first attempt
     last_at_s: float = 0.0
+    # Waiting for the vendor (open breaker, Retry-After pause) is not the record's fault:
+    # neither this time nor these attempts are charged to its retry budget.
+    excused_s: float = 0.0
+    excused_count: int = 0
 
 
 def status_class(status: int) -> str:
@@ -61,73 +100,358 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
-def new_session(config: VendorBase) -> aiohttp.ClientSession:
-    """One pooled session per vendor: connections up to its concurrency, its own timeout."""
-    connector = aiohttp.TCPConnector(limit=config.concurrency, ttl_dns_cache=300)
-    timeout = aiohttp.ClientTimeout(total=config.timeout_s)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, raise_for_status=False)
+# ---- breaker -----------------------------------------------------------------------------------
 
 
-class _Gate:
-    """A semaphore whose limit may change while requests are in flight."""
+class BreakerLayer:
+    """Holds requests while the breaker is open; logs one warning when it opens, one when it
+    closes (with the outage's length and how many events waited)."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(
+        self,
+        vendor: str,
+        breaker: CircuitBreaker | None,
+        on_state: Callable[[BreakerState], None],
+        monotonic: Clock,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.vendor = vendor
+        self.breaker = breaker
+        self._on_state = on_state
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._shown = BreakerState.CLOSED
+        self._waited: set[int] = set()  # ids of the records held during this outage
+
+    @property
+    def state(self) -> BreakerState:
+        """The breaker's state (CLOSED when there is no breaker)."""
+        return self.breaker.state if self.breaker is not None else BreakerState.CLOSED
+
+    def blocked(self) -> bool:
+        """Whether a request would have to wait now."""
+        breaker = self.breaker
+        return breaker is not None and breaker.retry_in_s(self._monotonic()) > 0
+
+    async def wait(self, attempts: Attempts) -> float:
+        """Wait until the breaker lets this request through; return the seconds waited."""
+        breaker = self.breaker
+        if breaker is None:
+            return 0.0
+        started_s = self._monotonic()
+        while not breaker.allow(self._monotonic()):
+            self._waited.add(id(attempts))
+            self._sync()
+            # Until the next probe may go (at most one interval): the probe itself is the first
+            # delivery once the vendor is back, so waking later costs the others < 1 interval.
+            delay_s = min(breaker.config.probe_interval_s, breaker.retry_in_s(self._monotonic()))
+            await self._sleep(max(0.01, delay_s))
+        self._sync()
+        return self._monotonic() - started_s
+
+    def record(self, outcome: Outcome, sent_at_s: float, attempts: Attempts) -> None:
+        """Feed the breaker one fresh answer (it ignores answers older than its state)."""
+        breaker = self.breaker
+        if breaker is None:
+            return
+        breaker.record(not is_outage(outcome), self._monotonic(), sent_at_s)
+        if breaker.state is not BreakerState.CLOSED and outcome.retriable:
+            self._waited.add(id(attempts))
+        self._sync()
+
+    def _sync(self) -> None:
+        """Publish a change of state: gauge and log."""
+        state = self.state
+        if state is self._shown:
+            return
+        was = self._shown
+        self._shown = state
+        self._on_state(state)
+        breaker = self.breaker
+        if breaker is None:
+            return
+        if was is BreakerState.CLOSED:
+            log.warning(
+                "vendor %s is failing: breaker open, sending only a probe every ~%gs",
+                self.vendor,
+                breaker.config.probe_interval_s,
+                extra={"vendor": self.vendor, "breaker": state.value},
+            )
+        elif state is BreakerState.CLOSED:
+            started_s = breaker.outage_started_s
+            outage_s = self._monotonic() - started_s if started_s is not None else 0.0
+            log.warning(
+                "vendor %s is back: breaker closed after %.1fs; %d events waited",
+                self.vendor,
+                outage_s,
+                len(self._waited),
+                extra={"vendor": self.vendor, "breaker": state.value},
+            )
+            self._waited.clear()
+
+
+# ---- limiter pause -----------------------------------------------------------------------------
+
+
+class PauseLayer:
+    """Holds requests during a vendor-wide Retry-After pause (before they take a gate slot), and
+    turns a 429/503's Retry-After into such a pause; one warning per pause start."""
+
+    def __init__(
+        self, vendor: str, limiter: RateLimiter, clock: Clock, sleep: Sleep = asyncio.sleep
+    ) -> None:
+        self.vendor = vendor
+        self._limiter = limiter
+        self._clock = clock
+        self._sleep = sleep
+
+    async def wait(self) -> float:
+        """Sit out the pause this process knows of; return the seconds waited."""
+        waited_s = 0.0
+        while (left_s := self._limiter.pause_left_s(self.vendor)) > 0:
+            await self._sleep(left_s)
+            waited_s += left_s
+        return waited_s
+
+    @staticmethod
+    def is_vendor_wide(outcome: Outcome) -> bool:
+        """Whether the outcome pauses the whole vendor (429/503 with a usable Retry-After)."""
+        return outcome.retry_after_s is not None and outcome.status in VENDOR_WIDE_WAIT
+
+    async def after(self, outcome: Outcome) -> None:
+        """Pause the vendor when the answer asks it to (its Retry-After is already bounded)."""
+        if not self.is_vendor_wide(outcome) or outcome.retry_after_s is None:
+            return
+        was_paused = self._limiter.pause_left_s(self.vendor) > 0
+        await self._limiter.pause_until(self.vendor, self._clock() + outcome.retry_after_s)
+        if not was_paused and self._limiter.pause_left_s(self.vendor) > 0:
+            log.warning(
+                "vendor %s asked to wait: every request paused %.1fs (HTTP %s, Retry-After)",
+                self.vendor,
+                outcome.retry_after_s,
+                outcome.status,
+                extra={"vendor": self.vendor, "status": outcome.status},
+            )
+
+
+# ---- concurrency gate --------------------------------------------------------------------------
+
+
+class ConcurrencyGate:
+    """A semaphore whose limit the AIMD controller moves; `slot()` holds one place in it."""
+
+    def __init__(
+        self,
+        controller: AdaptiveConcurrency,
+        on_limit: Callable[[int], None],
+        monotonic: Clock,
+    ) -> None:
+        self.controller = controller
+        self.enabled = controller.config.adaptive
         self.active = 0
+        self._on_limit = on_limit
+        self._monotonic = monotonic
         self._freed = asyncio.Event()
 
-    async def acquire(self) -> None:
-        while self.active >= self.limit:
+    @property
+    def limit(self) -> int:
+        """Requests allowed in flight now."""
+        return self.controller.limit
+
+    def slot(self) -> _Slot:
+        """One place in the gate (`async with gate.slot() as slot: ... slot.observe(...)`)."""
+        return _Slot(self)
+
+    async def _acquire(self) -> None:
+        while self.enabled and self.active >= self.controller.limit:
             self._freed.clear()
             await self._freed.wait()
         self.active += 1
 
-    def release(self) -> None:
+    def _release(self) -> None:
         self.active -= 1
         self._freed.set()
 
+    def _observe(self, rtt_s: float, overloaded: bool) -> None:
+        # In flight as it was while this request was out: itself included, before release.
+        before = self.controller.limit
+        limit = self.controller.observe(rtt_s, overloaded, self._monotonic(), self.active)
+        if limit != before:
+            self._on_limit(limit)
+            self._freed.set()  # a raised limit lets waiters in now
+
+
+class _Slot:
+    """A held place in a `ConcurrencyGate`."""
+
+    def __init__(self, gate: ConcurrencyGate) -> None:
+        self._gate = gate
+
+    async def __aenter__(self) -> _Slot:
+        await self._gate._acquire()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._gate._release()
+
+    def observe(self, rtt_s: float, overloaded: bool) -> None:
+        """Feed the controller this request's round trip while the slot is still held."""
+        if self._gate.enabled:
+            self._gate._observe(rtt_s, overloaded)
+
+
+# ---- classify and overrides --------------------------------------------------------------------
+
+
+def redirect_outcome(
+    response: VendorResponse, request: VendorRequest, table: StatusTable
+) -> Outcome:
+    """A 3xx: never followed, never delivered; the table says retry or reject (default)."""
+    location = response.headers.get("Location", "")
+    try:
+        host = yarl.URL(location).host or yarl.URL(request.url).host or "?"
+    except ValueError:
+        host = "?"
+    kind = table.action(response.status)
+    return Outcome(
+        kind=OutcomeKind.REJECT if kind is OutcomeKind.DELIVERED else kind,
+        reason="redirect",
+        detail=redact(f"HTTP {response.status} redirect to {host} not followed"),
+        status=response.status,
+    )
+
+
+def bound_retry_after(outcome: Outcome, response: VendorResponse, max_s: float) -> Outcome:
+    """The outcome with its Retry-After cut to `max_s`, or dropped (with a note) if unusable."""
+    header = response.headers.get("Retry-After")
+    if not outcome.retriable or header is None:
+        return outcome
+    wait_s, note = bounded_retry_after(header, outcome.retry_after_s, max_s)
+    if not note:
+        return outcome
+    detail = f"{outcome.detail} ({note})" if outcome.detail else note
+    return msgspec.structs.replace(outcome, retry_after_s=wait_s, detail=redact(detail))
+
+
+# ---- retry policy ------------------------------------------------------------------------------
+
+
+class RetryPolicy:
+    """Delivered, dead letter or retry: the budget is time, and waiting for the vendor is free."""
+
+    def __init__(self, config: RetryConfig, rng: Callable[[], float], clock: Clock) -> None:
+        self.config = config
+        self._rng = rng
+        self._clock = clock
+
+    def decide(self, outcome: Outcome, attempts: Attempts, vendor_wait_s: float | None) -> Decision:
+        """The decision after one try; `vendor_wait_s` is set when the vendor as a whole asked
+        to wait (open breaker, Retry-After pause): then the try is not charged."""
+        if outcome.kind is OutcomeKind.DELIVERED:
+            return Decision(kind=DecisionKind.DELIVERED, outcome=outcome)
+        if outcome.kind is OutcomeKind.REJECT:
+            return Decision(kind=DecisionKind.DEAD_LETTER, outcome=outcome, dlq_reason="rejected")
+        delay_s = self.delay_s(outcome, attempts, vendor_wait_s)
+        if delay_s is None:
+            return Decision(
+                kind=DecisionKind.DEAD_LETTER, outcome=outcome, dlq_reason="retries_exhausted"
+            )
+        return Decision(kind=DecisionKind.RETRY, outcome=outcome, delay_s=delay_s)
+
+    def delay_s(
+        self, outcome: Outcome, attempts: Attempts, vendor_wait_s: float | None
+    ) -> float | None:
+        """Seconds before the next try, or None when the record's budget is spent."""
+        cfg = self.config
+        if outcome.retriable and vendor_wait_s is not None:
+            delay_s = backoff_s(
+                attempts.count - attempts.excused_count,
+                cfg.initial_backoff_s,
+                cfg.max_backoff_s,
+                self._rng,
+            )
+            delay_s = max(delay_s, vendor_wait_s)
+            attempts.excused_count += 1
+            attempts.excused_s += delay_s
+            return delay_s
+        return retry_delay_s(
+            outcome,
+            attempts.count - attempts.excused_count,
+            attempts.first_at_s,
+            self._clock(),
+            cfg,
+            self._rng,
+            attempts.excused_s,
+        )
+
+
+# ---- the sender --------------------------------------------------------------------------------
+
 
 class Sender:
-    """Sends requests for one vendor and decides whether a failed one is tried again."""
+    """Sends requests for one vendor through its layers and decides what happens next."""
 
     def __init__(
         self,
         vendor: str,
         adapter: Adapter,
-        session: aiohttp.ClientSession,
+        transport: Transport,
         config: VendorBase,
         metrics: Metrics,
         limiter: RateLimiter,
         rng: Callable[[], float] = random.random,
-        clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: Clock = time.time,
+        monotonic: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.vendor = vendor
         self.adapter = adapter
-        self._session = session
+        self._transport = transport
         self._config = config
-        self._retry = config.retry
         self._limiter = limiter
         self._table = StatusTable(config.status_actions)
-        self._rng = rng
         self._clock = clock
         self._monotonic = monotonic
-        self.breaker = CircuitBreaker(config.breaker) if config.breaker.enabled else None
+        self._max_retry_after_s = config.retry.max_retry_after_s
+        self._breaker_gauge = metrics.breaker_state.labels(vendor)
+        self._breaker_gauge.set(0)
+        self._limit_gauge = metrics.concurrency_limit.labels(vendor)
+        self.breaker = CircuitBreaker(config.breaker, rng) if config.breaker.enabled else None
         self.concurrency = AdaptiveConcurrency(
             ConcurrencyConfig(max=config.concurrency, adaptive=config.adaptive_concurrency),
             monotonic(),
         )
-        self._gate = _Gate(self.concurrency.limit) if config.adaptive_concurrency else None
+        self._limit_gauge.set(self.concurrency.limit)
+        # The layers, outermost first (composed in `deliver`).
+        self._breaker_layer = BreakerLayer(
+            vendor,
+            self.breaker,
+            lambda s: self._breaker_gauge.set(s.gauge_value),
+            monotonic,
+            sleep,
+        )
+        self._pause = PauseLayer(vendor, limiter, clock, sleep)
+        self._gate = ConcurrencyGate(self.concurrency, self._limit_gauge.set, monotonic)
+        self._retry = RetryPolicy(config.retry, rng, clock)
         self._requests = {
             c: metrics.http_requests.labels(vendor, c)
             for c in ("2xx", "3xx", "4xx", "5xx", "error")
         }
         self._duration = metrics.request_duration.labels(vendor)
-        self._breaker_gauge = metrics.breaker_state.labels(vendor)
-        self._breaker_gauge.set(0)
-        self._shown_state = BreakerState.CLOSED
-        self._limit_gauge = metrics.concurrency_limit.labels(vendor)
-        self._limit_gauge.set(self.concurrency.limit)
+        deprecated = config.breaker.deprecated_fields
+        if deprecated:
+            log.warning(
+                "vendor %s: breaker %s no longer used (the breaker probes every "
+                "probe_interval_s); remove them from the config",
+                vendor,
+                ", ".join(deprecated),
+                extra={"vendor": vendor},
+            )
 
     @property
     def breaker_state(self) -> str:
@@ -136,122 +460,68 @@ class Sender:
 
     def sending_blocked(self) -> bool:
         """Whether the breaker forbids requests right now (the pipeline pauses fetching then)."""
-        return self.breaker is not None and self.breaker.retry_in_s(self._monotonic()) > 0
+        return self._breaker_layer.blocked()
 
     async def deliver(
         self, request: VendorRequest, attempts: Attempts, current: Callable[[], bool] = _always
     ) -> Decision:
-        """One try, and what the pipeline does next: delivered, dead letter, retry later, or
-        abandoned when `current()` says the record's partition was revoked before it was sent."""
-        outcome = await self.attempt(request, attempts, current)
-        if outcome is None:
-            return _ABANDONED
-        if outcome.kind is OutcomeKind.DELIVERED:
-            return Decision(kind=DecisionKind.DELIVERED, outcome=outcome)
-        if outcome.kind is OutcomeKind.REJECT:
-            return Decision(kind=DecisionKind.DEAD_LETTER, outcome=outcome, dlq_reason="rejected")
-        delay_s = self.retry_delay_s(outcome, attempts)
-        if delay_s is None:
-            return Decision(
-                kind=DecisionKind.DEAD_LETTER, outcome=outcome, dlq_reason="retries_exhausted"
-            )
-        return Decision(kind=DecisionKind.RETRY, outcome=outcome, delay_s=delay_s)
+        """One try through every layer, outermost first, and what the pipeline does next:
+        delivered, dead letter, retry later, or abandoned when `current()` turns false before
+        the request leaves (its partition was revoked: nothing is sent)."""
+        vendor_wait_s = await self._breaker_layer.wait(attempts)  # breaker
+        vendor_wait_s += await self._pause.wait()  # limiter pause (Retry-After, bounded)
+        async with self._gate.slot() as slot:  # concurrency gate (AIMD)
+            await self._limiter.acquire(self.vendor)  # rate token, inside the gate
+            attempts.excused_s += vendor_wait_s
+            if not current():
+                return _ABANDONED
+            self._count_attempt(attempts)
+            sent_at_s = self._monotonic()
+            started_s = time.perf_counter()
+            answer = await self._exchange(request)  # transport
+            rtt_s = time.perf_counter() - started_s
+            self._duration.observe(rtt_s)
+            outcome = self._classify(request, answer)  # classify + status overrides
+            slot.observe(rtt_s, is_overload(outcome))
+        self._breaker_layer.record(outcome, sent_at_s, attempts)
+        await self._pause.after(outcome)
+        return self._retry.decide(outcome, attempts, self._vendor_wait_s(outcome))  # retry
 
-    async def attempt(
-        self, request: VendorRequest, attempts: Attempts, current: Callable[[], bool] = _always
-    ) -> Outcome | None:
-        """One try through breaker, rate limiter and concurrency gate; the answer classified
-        (None when `current()` turned false while waiting: nothing was sent)."""
-        await self._wait_for_breaker()
-        await self._limiter.acquire(self.vendor)
-        gate = self._gate
-        if gate is not None:
-            await gate.acquire()
-        if not current():
-            if gate is not None:
-                gate.release()
-            return None
+    def retry_delay_s(self, outcome: Outcome, attempts: Attempts) -> float | None:
+        """Seconds to wait before the next try, or None when the retry budget is spent."""
+        return self._retry.delay_s(outcome, attempts, self._vendor_wait_s(outcome))
+
+    def _vendor_wait_s(self, outcome: Outcome) -> float | None:
+        """How long the vendor as a whole asks everyone to wait, or None if it does not."""
+        waits: list[float] = []
+        breaker = self.breaker
+        if breaker is not None and breaker.state is not BreakerState.CLOSED:
+            waits.append(breaker.retry_in_s(self._monotonic()))
+        if self._pause.is_vendor_wide(outcome):
+            waits.append(max(outcome.retry_after_s or 0.0, self._limiter.pause_left_s(self.vendor)))
+        return max(waits) if waits else None
+
+    def _count_attempt(self, attempts: Attempts) -> None:
         now_s = self._clock()
         if attempts.count == 0:
             attempts.first_at_s = now_s
         attempts.count += 1
         attempts.last_at_s = now_s
-        started = time.perf_counter()
-        try:
-            outcome = await self._send(request)
-        finally:
-            rtt_s = time.perf_counter() - started
-            self._duration.observe(rtt_s)
-            if gate is not None:
-                gate.release()
-        await self._observe(outcome, rtt_s)
-        return outcome
 
-    async def _send(self, request: VendorRequest) -> Outcome:
+    async def _exchange(self, request: VendorRequest) -> VendorResponse | DeliveryError:
         try:
-            response = await self._exchange(request)
+            return await self._transport.send(request)
         except DeliveryError as error:
+            return error
+
+    def _classify(self, request: VendorRequest, answer: VendorResponse | DeliveryError) -> Outcome:
+        """The answer's meaning: adapter (or redirect), bounded Retry-After, status overrides."""
+        if isinstance(answer, DeliveryError):
             self._requests["error"].inc()
-            return error_outcome(error)
-        self._requests.get(status_class(response.status), self._requests["error"]).inc()
-        return self._table.apply(self.adapter.classify(response))
-
-    async def _exchange(self, request: VendorRequest) -> VendorResponse:
-        """The HTTP round trip; aiohttp's errors become the relay's own here."""
-        try:
-            async with self._session.request(
-                request.method, request.url, data=request.body, headers=request.headers
-            ) as resp:
-                body = await resp.read()
-                return VendorResponse(resp.status, resp.headers, body)
-        except TimeoutError as exc:
-            raise VendorTimeout(f"no answer from {self.vendor}") from exc
-        except aiohttp.ClientError as exc:
-            raise VendorUnreachable(f"{type(exc).__name__}: {exc}") from exc
-
-    async def _wait_for_breaker(self) -> None:
-        breaker = self.breaker
-        if breaker is None:
-            return
-        while not breaker.allow(self._monotonic()):
-            self._show_breaker(breaker.state)
-            await asyncio.sleep(min(1.0, max(0.05, breaker.retry_in_s(self._monotonic()))))
-        self._show_breaker(breaker.state)
-
-    def _show_breaker(self, state: BreakerState) -> None:
-        """Update the gauge only on a change (this runs for every request)."""
-        if state is not self._shown_state:
-            self._shown_state = state
-            self._breaker_gauge.set(state.gauge_value)
-
-    async def _observe(self, outcome: Outcome, rtt_s: float) -> None:
-        """Feed the breaker and the AIMD controller; turn a Retry-After into a vendor pause."""
-        now_s = self._monotonic()
-        if self.breaker is not None:
-            self.breaker.record(not is_outage(outcome), now_s)
-            self._show_breaker(self.breaker.state)
-        if self._gate is not None:
-            limit = self.concurrency.observe(rtt_s, is_overload(outcome), now_s, self._gate.active)
-            if limit != self._gate.limit:
-                self._gate.limit = limit
-                self._limit_gauge.set(limit)
-        if outcome.retry_after_s is not None and outcome.status in _VENDOR_WIDE_WAIT:
-            await self._limiter.pause_until(self.vendor, self._clock() + outcome.retry_after_s)
-
-    def retry_delay_s(self, outcome: Outcome, attempts: Attempts) -> float | None:
-        """Seconds to wait before the next try, or None when the retry budget is spent."""
-        breaker = self.breaker
-        if outcome.retriable and breaker is not None and breaker.state is not BreakerState.CLOSED:
-            # A vendor-wide outage: the record waits with the others instead of burning its budget.
-            delay_s = backoff_s(
-                attempts.count, self._retry.initial_backoff_s, self._retry.max_backoff_s, self._rng
-            )
-            return max(delay_s, outcome.retry_after_s or 0.0, breaker.retry_in_s(self._monotonic()))
-        return retry_delay_s(
-            outcome, attempts.count, attempts.first_at_s, self._clock(), self._retry, self._rng
-        )
-
-
-async def close_sessions(sessions: list[aiohttp.ClientSession]) -> None:
-    """Close every vendor session."""
-    await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+            return error_outcome(answer)
+        self._requests.get(status_class(answer.status), self._requests["error"]).inc()
+        if 300 <= answer.status < 400:
+            return redirect_outcome(answer, request, self._table)
+        outcome = self.adapter.classify(answer)
+        outcome = bound_retry_after(outcome, answer, self._max_retry_after_s)
+        return self._table.apply(outcome)

@@ -26,6 +26,8 @@ class Faults:
     retry_after_s: int | None = None  # when set: every request is answered 429 + Retry-After
     rate_limit_per_s: float | None = None  # above this rate (1 s window): 429
     reject_next: int = 0  # the next N valid requests get the protocol's documented rejection
+    # At most this many requests served at once (each taking latency_s); the rest queue.
+    max_concurrent: int | None = None
 
 
 @dataclass
@@ -93,6 +95,11 @@ class Sandbox:
     host: str = "127.0.0.1"
     port: int = 0
     rng: Callable[[], float] = random.random
+    serving: int = 0  # requests inside the max_concurrent limit now
+    queued: int = 0  # requests waiting for it now
+    peak_queued: int = 0
+    _slots: asyncio.Semaphore | None = None
+    _slots_for: int | None = None
     _runner: web.AppRunner | None = None
     _site: web.TCPSite | None = None
 
@@ -179,6 +186,23 @@ class Sandbox:
         return len(window) > limit
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        limit = self.faults.max_concurrent
+        if limit is None:
+            return await self._serve(request)
+        if self._slots is None or self._slots_for != limit:
+            self._slots, self._slots_for = asyncio.Semaphore(limit), limit
+        slots = self._slots
+        self.queued += 1
+        self.peak_queued = max(self.peak_queued, self.queued)
+        async with slots:
+            self.queued -= 1
+            self.serving += 1
+            try:
+                return await self._serve(request)
+            finally:
+                self.serving -= 1
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         now_s = time.time()
         self.request_times_s.append(now_s)

@@ -54,6 +54,18 @@ class VendorBase(
     status_actions: dict[Annotated[int, msgspec.Meta(ge=100, le=599)], OutcomeKind] = {}
     breaker: BreakerConfig = BreakerConfig()
 
+    def __post_init__(self) -> None:
+        """Refuse `status_actions` that would count a redirect (never followed) as delivered."""
+        redirects = sorted(
+            s
+            for s, k in self.status_actions.items()
+            if 300 <= s < 400 and k is OutcomeKind.DELIVERED
+        )
+        if redirects:
+            raise ValueError(
+                f"status_actions: {redirects} are redirects, never followed: retry or reject"
+            )
+
     def goal_ids(self) -> Mapping[str, str]:
         """Canonical goal name → the vendor's goal id, as text."""
         raise NotImplementedError

@@ -10,14 +10,16 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 import redis.asyncio
+from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from service.core.ratelimit import RateLimitConfig
 from service.delivery.dedup import RedisDedupStore
-from service.delivery.ratelimit import RedisRateLimiter
+from service.delivery.ratelimit import RedisRateLimiter, partition_share
 from service.delivery.redis_config import RedisConfig, redis_client
 from service.metrics import Metrics
 from tests.plugins.redis_server import RedisServer
@@ -112,15 +114,6 @@ async def test_a_retry_after_pause_set_by_one_replica_blocks_the_other(clients: 
     assert await b.paused_for_s("v") == 0.0
 
 
-async def test_a_shared_pause_also_holds_a_vendor_without_a_rate_limit(clients: Clients) -> None:
-    """A vendor with no rate limit configured still waits out a pause set by another replica."""
-    a, b = RedisRateLimiter(clients(), {"u": None}), RedisRateLimiter(clients(), {"u": None})
-    assert await b.acquire("u") == 0.0
-    await a.pause_until("u", time.time() + 0.3)
-    assert await b.acquire("u") >= 0.25
-    assert await b.acquire("u") == 0.0
-
-
 async def test_a_shorter_pause_never_shortens_the_shared_one(clients: Clients) -> None:
     """The pause key's expiry is only ever extended, whichever replica writes."""
     limits = {"v": RateLimitConfig(per_s=100.0)}
@@ -208,3 +201,62 @@ async def test_dedup_fails_open_while_redis_is_down(
             break
     assert await store.seen("v", "e3")
     assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+
+class Group:
+    """A consumer group's view for `partition_share`: N members over 12 partitions."""
+
+    def __init__(self, members: int, index: int) -> None:
+        self.members, self.index = members, index
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return set(range(12))
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition("t", p) for p in range(12) if p % self.members == self.index}
+
+
+async def test_with_redis_down_the_fleet_share_follows_scaling_from_2_to_4_processes(
+    redis_clean: RedisServer, clients: Clients
+) -> None:
+    """Redis down: 2 processes, then 4 (the group rebalanced), each limiting at its partition
+    share; the fleet's total rate stays within 10 % of the limit, not 2× (per_s/replicas=2)."""
+    per_s = 40.0
+    limits = {"v": RateLimitConfig(per_s=per_s, burst=2)}
+    redis_clean.stop()
+    groups = [Group(2, i) for i in range(4)]
+    fleet = [RedisRateLimiter(clients(), limits, replicas=2, reprobe_s=60) for _ in range(4)]
+    for limiter, group in zip(fleet, groups, strict=True):
+        limiter.set_share("v", partition_share(group, ["t"]))
+    two = await acquisitions(fleet[:2], "v", duration_s=2.0, workers=2)
+    for group in groups:
+        group.members = 4
+    await acquisitions(fleet, "v", duration_s=0.2, workers=2)  # new shares take effect
+    four = await acquisitions(fleet, "v", duration_s=3.0, workers=2)
+    assert all(limiter.fallback_active for limiter in fleet)
+    rate_two, rate_four = len(two) / 2.0, len(four) / 3.0
+    print(
+        f"fleet rate with Redis down: 2 processes {rate_two:.1f}/s, 4 processes {rate_four:.1f}/s"
+    )
+    assert abs(rate_four - per_s) <= 0.1 * per_s + 2 / 3.0 * 4  # bursts of 1 per process
+    assert abs(rate_two - per_s) <= 0.1 * per_s + 2 / 2.0 * 2
+
+
+async def test_a_vendor_without_a_limit_never_touches_redis(clients: Clients) -> None:
+    """acquire, pause_until and paused_for_s of an unlimited vendor make no Redis command."""
+    client = clients()
+    calls = 0
+    original = client.execute_command
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await original(*args, **kwargs)
+
+    client.execute_command = counting  # type: ignore[method-assign]
+    limiter = RedisRateLimiter(client, {"u": None})
+    for _ in range(10):
+        await limiter.acquire("u")
+    await limiter.pause_until("u", time.time() + 0.05)
+    assert await limiter.paused_for_s("u") > 0
+    assert calls == 0
