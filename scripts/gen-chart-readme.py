@@ -146,7 +146,7 @@ def render(chart: dict[str, Any], values_text: str) -> str:
         "",
         "Set at least one vendor under `config.vendors` and the Kafka bootstrap servers; keep",
         "credentials in a Secret (`existingSecret`) and refer to them as `${VAR}` in `config`.",
-        "The project README (section *Deploy on Kubernetes*) walks through a full install.",
+        "The project's Kubernetes guide (`docs/guide/kubernetes.md`) walks through a full install.",
         "",
         "## Requirements",
         "",

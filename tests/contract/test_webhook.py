@@ -1,4 +1,4 @@
-"""Generic webhook: the README's worked example, through adapter and sandbox."""
+"""Generic webhook: the vendors guide's worked example, through adapter and sandbox."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Metrics of a relay that delivered, rejected, retried and dead-lettered events, checked against
-the README's catalogue, what the sandboxes recorded, and the dashboard and alert rules."""
+the metrics reference, what the sandboxes recorded, and the dashboard and alert rules."""
 
 from __future__ import annotations
 
@@ -17,15 +17,15 @@ from tests.conftest import goal_reach_vendor, relay_config, wait_for
 from tests.unit.test_alert_rules import PROMETHEUS_METRICS, QUERIES, metric_name, selectors
 
 ROOT = Path(__file__).resolve().parents[2]
-README = ROOT / "README.md"
+CATALOGUE = ROOT / "docs" / "reference" / "metrics.md"
 SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_created", "_info")
 
 
 def catalogue() -> dict[str, tuple[str, set[str]]]:
-    """The README's metric table: name → (type, label names)."""
+    """The metrics reference's table (docs/reference/metrics.md): name → (type, label names)."""
     rows = re.findall(
         r"^\| `(conversion_relay_\w+)` \| ([^|]+) \| ([^|]*) \|",
-        README.read_text(),
+        CATALOGUE.read_text(),
         flags=re.MULTILINE,
     )
     return {
@@ -57,7 +57,7 @@ async def test_every_catalogued_metric_is_exported_with_its_type_labels_and_true
     broker, topics, sandbox_factory, run_relay
 ):
     """After deliveries, rejections, retries and dead letters, /metrics holds every metric of the
-    README's catalogue, typed and labelled as documented, counting what the sandboxes saw."""
+    reference's catalogue, typed and labelled as documented, counting what the sandboxes saw."""
     good, flaky = await sandbox_factory(), await sandbox_factory()
     good.faults.reject_next = 2
     flaky.faults.error_rate = 1.0  # every answer 503: retried, then dead-lettered

@@ -1,5 +1,6 @@
-"""The README's command lines, run as written: the "Try it" walkthrough against a running
-`dev`, and the dead-letter example session against a real broker."""
+"""The documented command lines, run as written: the README's "Try it" walkthrough against a
+running `dev`, and the dead-letter example session of docs/guide/operations.md against a real
+broker."""
 
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ from tests.conftest import ROOT, goal_reach_vendor, relay_config
 from tests.integration.test_dlq_replay import _events, _headers, _put
 
 README = (ROOT / "README.md").read_text()
+OPERATIONS = (ROOT / "docs" / "guide" / "operations.md").read_text()
 
 
-def _section(title: str) -> str:
-    start = README.index(f"\n{title}\n")
-    end = README.find("\n## ", start + len(title) + 2)  # the next top-level section
-    return README[start:end]
+def _section(title: str, text: str = README) -> str:
+    start = text.index(f"\n{title}\n")
+    end = text.find("\n## ", start + len(title) + 2)  # the next top-level section
+    return text[start : end if end > 0 else None]
 
 
 def _blocks(text: str) -> list[str]:
@@ -96,7 +98,7 @@ async def test_the_dead_letter_session_in_the_readme_prints_what_it_shows(
     broker, topics, sandbox_factory, tmp_path
 ):
     """Each `$ conversion-relay …` line of "Dead letters and replay": exit code 0 and the first
-    line of output the README shows."""
+    line of output the docs show."""
     si = await sandbox_factory()
     config = relay_config(broker, topics, {"sustain_impact": goal_reach_vendor(si)})
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
@@ -106,7 +108,7 @@ async def test_the_dead_letter_session_in_the_readme_prints_what_it_shows(
         [(_headers("sustain_impact", "rejected", n), e) for n, e in enumerate(_events(3))],
     )
     session: list[tuple[str, str]] = []
-    for block in _blocks(_section("### Dead letters and replay")):
+    for block in _blocks(_section("## Dead letters and replay", OPERATIONS)):
         lines = block.splitlines()
         for index, line in enumerate(lines):
             if line.startswith("$ "):

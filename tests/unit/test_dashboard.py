@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "conversion-relay.json"
-README = ROOT / "README.md"
+PERFORMANCE = ROOT / "docs" / "performance.md"
 DS_REF = {"type": "prometheus", "uid": "${datasource}"}
 INSTALL = 'namespace=~"$namespace", job=~"$job", instance=~"$instance"'
 
@@ -194,9 +194,9 @@ def test_invalid_records_are_counted_once_not_per_vendor(dashboard: dict[str, An
 
 
 def test_memory_panel_draws_the_readme_budget(dashboard: dict[str, Any]) -> None:
-    """The RSS panel shows each process against the README's memory budget, as a line."""
-    match = re.search(r"memory budget[^.]*?(\d+) MiB per process", README.read_text())
-    assert match, "README states no memory budget"
+    """The RSS panel shows each process against the documented memory budget, as a line."""
+    match = re.search(r"memory budget[^.]*?(\d+) MiB per process", PERFORMANCE.read_text())
+    assert match, "docs/performance.md states no memory budget"
     budget_bytes = int(match.group(1)) * 1024 * 1024
     [panel] = [p for p in panels(dashboard) if p["title"] == "Memory (RSS) per process"]
     defaults = panel["fieldConfig"]["defaults"]
