@@ -256,12 +256,12 @@ class ConfigPage:
             ]
         if cls is VendorBase:
             tags = ", ".join(f"`{c.__struct_config__.tag}`" for c in self.protocols)
-            lines += [
-                "Each entry of `vendors:` is one vendor, named by its key (the name used in",
-                f"metrics, DLQ headers and `--vendor`). `protocol` (one of {tags}) picks its",
-                "wire format; these keys are common to every protocol.",
-                "",
-            ]
+            text = (
+                "Each entry of `vendors:` is one vendor, named by its key (the name used in"
+                f" metrics, DLQ headers and `--vendor`). `protocol` (one of {tags}) picks its"
+                " wire format; these keys are common to every protocol."
+            )
+            lines += [textwrap.fill(text, width=100, break_on_hyphens=False), ""]
         comments = field_comments(cls)
         for base in cls.__mro__[1:]:
             if issubclass(base, msgspec.Struct) and base is not msgspec.Struct:

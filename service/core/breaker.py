@@ -65,16 +65,22 @@ class BreakerState(enum.Enum):
 class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """When a vendor's breaker opens and how it probes its way back."""
 
+    # False: never opens; every request is sent whatever the vendor's state.
     enabled: bool = True
+    # Sliding window the failure ratio is measured over.
     window_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    # Requests in the window before the ratio may open the breaker.
     min_requests: Annotated[int, msgspec.Meta(ge=1)] = 20
+    # Share of outage signals (5xx, 408, timeouts, connection errors; not 429) that opens it.
     failure_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
     # While open: one probe per interval (jittered ±20 %), never backed off.
     probe_interval_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+    # Trial requests while half-open; judged by failure_ratio, they close or reopen it.
     half_open_probes: Annotated[int, msgspec.Meta(ge=1)] = 3
     # Deprecated, accepted so old configs still load, no longer used: the breaker probes at
     # the steady `probe_interval_s` instead of a doubling cool-down.
     cooldown_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    # Deprecated like cooldown_s: accepted, no longer used.
     max_cooldown_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
 
     @property

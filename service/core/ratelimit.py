@@ -37,7 +37,9 @@ class RateLimitConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     """A vendor's request rate: `per_s` on average, up to `burst` at once (default: a tenth of a
     second's worth, so no one-second window ever sees more than 1.1 × per_s)."""
 
+    # Requests per second on average.
     per_s: Annotated[float, msgspec.Meta(gt=0)]
+    # Requests allowed at once; None = max(1, per_s / 10).
     burst: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
     @property

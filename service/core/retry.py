@@ -35,8 +35,12 @@ class RetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     # None by default: a small count dead-letters ~0.3**n of a vendor failing 30 % at random.
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
+    # Ceiling of the first retry delay; it doubles per retry, each delay drawn below it (jitter).
     initial_backoff_s: _PositiveFloat = 0.2
+    # Cap of one retry delay.
     max_backoff_s: _PositiveFloat = 30.0
+    # Time budget from the first attempt: past it the record is dead-lettered as
+    # `retries_exhausted`.
     max_elapsed_s: _PositiveFloat = 300.0
     # A Retry-After longer than this is cut to it (a vendor asking for years gets minutes).
     max_retry_after_s: _PositiveFloat = 300.0

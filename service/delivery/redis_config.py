@@ -1,17 +1,6 @@
 """Config of the optional Redis (shared rate limit, dedup store) and of the dedup store, and the
-one place a Redis client is made from it.
-
-    redis:                       # optional; without it each replica limits alone
-      url: ${REDIS_URL}          # redis://[:password@]host:port/db or rediss:// for TLS
-      replicas: 3                # without Redis, each replica takes per_s / replicas
-      key_prefix: "conversion-relay:"
-      timeout_s: 0.5             # per command; a slower Redis counts as down
-      reprobe_s: 5.0             # while down, how often the limiter tries Redis again
-
-    dedup:
-      backend: memory            # memory | redis
-      ttl_s: 604800              # 7 days
-      max_entries: 1000000       # memory backend only (LRU beyond it)
+one place a Redis client is made from it. Every key, default and meaning is in
+docs/reference/config.md, generated from these Structs and their field comments.
 """
 
 from __future__ import annotations

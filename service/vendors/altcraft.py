@@ -54,18 +54,26 @@ PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 class AltcraftConfig(VendorBase, tag="altcraft", frozen=True, kw_only=True):
     """An Altcraft pixel: credentials, goal names and how profiles are matched."""
 
+    # The pixel's API token; give it as `${ENV}`.
     token: Bounded
+    # Id of the Altcraft database the profiles are in.
     db_id: PositiveInt
+    # Id of the pixel the goals are registered on.
     pixel_id: PositiveInt
+    # Canonical goal name → Altcraft goal name.
     goals: Mapping[str, Bounded] = {}
+    # How the profile is found: `customer.email`, `customer.phone`, a profile id or a
+    # custom field.
     matching: Literal["email", "phone", "profile_id", "custom"] = "email"
     # matching: profile_id reads the profile id from this key of `customer.ids`.
     profile_id_key: NonEmpty = "altcraft_profile_id"
     # matching: custom sends field_name and the value of this key of `customer.ids`.
     field_name: Bounded | None = None
+    # matching: custom: the key of `customer.ids` whose value is sent as field_value.
     field_value_key: NonEmpty | None = None
     # Non-zero `error` codes to retry instead of reject (the doc names none as transient).
     retry_error_codes: frozenset[int] = frozenset()
+    # Sends `"is_test": true` with every goal (Altcraft's test flag).
     is_test: bool = False
 
     def __post_init__(self) -> None:

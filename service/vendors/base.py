@@ -39,9 +39,13 @@ class VendorBase(
 ):
     """Settings every vendor has, whatever its protocol."""
 
+    # False: the vendor stays in the file but gets no pipeline (nothing is consumed for it).
     enabled: bool = True
+    # Scheme and host of the vendor's API (and a path prefix); `http://` logs a warning.
     base_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")]
+    # Whole request budget: connect, send and read the answer; a timeout is retried.
     timeout_s: PositiveFloat = 10.0
+    # Requests in flight at once (the ceiling with adaptive_concurrency); also the pool size.
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
     # Adaptive (AIMD) concurrency between 1 and `concurrency`; off = always `concurrency`.
     adaptive_concurrency: bool = False

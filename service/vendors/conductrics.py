@@ -47,8 +47,11 @@ Account = Annotated[str, msgspec.Meta(pattern=r"^(?!\.\.?$)[^/?#%\s]+$")]
 class ConductricsConfig(VendorBase, tag="conductrics", frozen=True, kw_only=True):
     """A Conductrics account: its code, API key, goal codes and where the visitor id is."""
 
+    # The Conductrics account code, the first segment of the API path.
     account: Account
+    # The account's API key (sent as `apikey`); give it as `${ENV}`.
     api_key: NonEmpty
+    # Canonical goal name → Conductrics goal (API) code.
     goals: Mapping[str, NonEmpty] = {}
     # Which key of `customer.ids` holds the External Visitor ID (`vid`).
     visitor_id_key: NonEmpty = "conductrics"

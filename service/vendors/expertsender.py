@@ -56,13 +56,17 @@ NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 class ExpertSenderConfig(VendorBase, tag="expertsender", frozen=True, kw_only=True):
     """An ExpertSender account: API key, goal ids, where the message GUID is and how to round."""
 
+    # The account's API key; give it as `${ENV}`.
     api_key: NonEmpty
+    # Canonical goal name → ExpertSender GoalId (a positive 32-bit integer).
     goals: Mapping[str, GoalId] = {}
     # Which key of `customer.ids` holds the MessageGuid from the message link.
     message_guid_key: NonEmpty = "expertsender_message_guid"
+    # Sent as `Data/Channel` when set.
     channel: Literal["All", "Email", "SmsMms", "WebPush"] | None = None
     # GoalValue = round(value × value_multiplier); e.g. 100 to send cents.
     value_multiplier: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    # How value × value_multiplier is rounded to the integer GoalValue.
     value_rounding: Literal["half_up", "half_even", "floor", "ceiling", "truncate"] = "half_up"
 
     def goal_ids(self) -> Mapping[str, str]:

@@ -28,6 +28,7 @@ _HEADERS = {"Content-Type": "application/json"}
 class GoalReachConfig(VendorBase, frozen=True, tag="goal_reach"):
     """A goal-reach vendor: goal ids are UUIDs, the customer id comes from `customer.ids`."""
 
+    # Canonical goal name → the vendor's GoalId (a UUID).
     goals: Mapping[str, uuid.UUID] = {}
     # Which key of `customer.ids` holds this vendor's CustomerId; defaults to the vendor's name.
     customer_id_key: Annotated[str, msgspec.Meta(min_length=1)] | None = None

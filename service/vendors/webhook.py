@@ -111,8 +111,11 @@ def compile_template(node: Any, where: str) -> Any:
 class StatusOverrides(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """HTTP status codes whose meaning differs from the default table."""
 
+    # Status codes that mean delivered.
     delivered: frozenset[StatusCode] = frozenset()
+    # Status codes that are retried (honouring Retry-After).
     retry: frozenset[StatusCode] = frozenset()
+    # Status codes that reject the event (dead-lettered as `rejected`).
     reject: frozenset[StatusCode] = frozenset()
 
     def __post_init__(self) -> None:
@@ -132,12 +135,21 @@ class StatusOverrides(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 class WebhookConfig(VendorBase, tag="webhook", frozen=True, kw_only=True):
     """An HTTP endpoint described entirely by configuration."""
 
+    # HTTP method of the request.
     method: Literal["POST", "PUT", "PATCH"] = "POST"
+    # Appended to base_url; `{goal_id}` and `{event_id}` are replaced, URL-quoted.
     path: str = ""
+    # Sent as given (secrets as `${ENV}`); Content-Type defaults to application/json.
     headers: Mapping[str, str] = {}
+    # JSON template: each value an event path (`$.event_id`, `$.goal_id`, `$.vendor`...), a
+    # literal, or an object or list of these; a path the event lacks leaves its key out.
     body: Mapping[str, Any] = {}
+    # Canonical goal name → the vendor's goal id (`{goal_id}`, `$.goal_id`).
     goals: Mapping[str, NonEmpty] = {}
+    # Event paths that must be non-empty; an event without one is skipped as
+    # missing_identity.
     required: tuple[str, ...] = ()
+    # Status codes whose meaning differs from the default table (a code in one list only).
     status: StatusOverrides = StatusOverrides()
 
     def __post_init__(self) -> None:
