@@ -42,8 +42,8 @@ class RetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # Time budget from the first attempt: past it the record is dead-lettered as
     # `retries_exhausted`.
     max_elapsed_s: _PositiveFloat = 300.0
-    # A Retry-After longer than this is cut to it (a vendor asking for years gets minutes).
-    max_retry_after_s: _PositiveFloat = 300.0
+    # A vendor asking for longer is asked again after this (one request), not obeyed for hours.
+    max_retry_after_s: _PositiveFloat = 60.0
 
 
 __all__ = [

@@ -77,6 +77,7 @@ class AltcraftConfig(VendorBase, tag="altcraft", frozen=True, kw_only=True):
     is_test: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("field_name", "field_value_key"):
             if self.matching == "custom" and getattr(self, name) is None:
                 raise ValueError(f"{name}: required when matching is custom")

@@ -124,6 +124,11 @@ class StatusOverrides(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
             owners = [name for name, codes in lists.items() if code in codes]
             if len(owners) > 1:
                 raise ValueError(f"{code} is listed under both {' and '.join(owners)}")
+        redirects = sorted(code for code in self.delivered if 300 <= code < 400)
+        if redirects:
+            raise ValueError(
+                f"delivered: {redirects} are redirects, never followed: retry or reject"
+            )
 
     def kinds(self) -> dict[int, OutcomeKind]:
         """Status code → the outcome it is configured to mean."""
@@ -153,6 +158,7 @@ class WebhookConfig(VendorBase, tag="webhook", frozen=True, kw_only=True):
     status: StatusOverrides = StatusOverrides()
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if (self.path and not self.path.startswith("/")) or any(c.isspace() for c in self.path):
             raise ValueError(f"path: {self.path!r} must start with / and hold no spaces")
         for placeholder in _PLACEHOLDER.findall(self.path):

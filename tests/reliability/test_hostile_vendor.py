@@ -5,9 +5,6 @@ body) redirect to another port, stream oversized and slow bodies, send giant and
 Retry-After values and echo the request with its credentials. The relay runs at its defaults.
 Checked: the healthy vendor keeps delivering; no secret reaches the logs, /status or the DLQ;
 nothing reaches the other port; memory stays bounded; a giant Retry-After does not stall a vendor.
-
-The redirect, body-limit and Retry-After checks need the transport of issue 11 (redirects never
-followed, bodies read up to a limit, Retry-After capped): they are strict xfails until it lands.
 """
 
 from __future__ import annotations
@@ -22,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import pytest
 
 from service.devtools.demo import sample_lines
 from service.devtools.publish import publish
@@ -38,7 +34,6 @@ SECRET_TOKEN = "altcraft-tok-Wm47-never-leaves"
 SECRETS = (SECRET_HEADER, SECRET_TOKEN, "Qz81", "Wm47")
 HEALTHY = "sustain_impact"
 EVENTS = 60
-needs_issue_11 = pytest.mark.xfail(strict=True, reason="needs issue 11 transport")
 
 
 @dataclass
@@ -166,7 +161,6 @@ async def test_the_healthy_vendor_keeps_delivering_and_no_secret_leaks(
     assert len({r.payload["CustomerId"] for r in run.healthy.accepted}) >= 1
 
 
-@needs_issue_11
 async def test_nothing_reaches_the_other_port(broker, topics, sandbox_factory, run_relay):
     """Redirects (301/302/307/308) are never followed: the other port receives nothing."""
     modes = ("redirect_307", "redirect_302", "redirect_301", "redirect_308")
@@ -181,7 +175,6 @@ async def test_nothing_reaches_the_other_port(broker, topics, sandbox_factory, r
         assert run.trap.hits == [], f"{len(run.trap.hits)} requests reached the other port"
 
 
-@needs_issue_11
 async def test_oversized_bodies_keep_memory_bounded(broker, topics, sandbox_factory, run_relay):
     """8 MiB answers are read up to the limit only: resident memory grows by under 48 MiB."""
     peak = [0]
@@ -214,7 +207,6 @@ async def test_oversized_bodies_keep_memory_bounded(broker, topics, sandbox_fact
     assert grown_mib < 48, f"resident memory grew by {grown_mib:.0f} MiB"
 
 
-@needs_issue_11
 async def test_a_giant_retry_after_does_not_stall_a_vendor(
     broker, topics, sandbox_factory, run_relay
 ):

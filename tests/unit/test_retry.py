@@ -197,7 +197,8 @@ def test_retry_delay_waits_at_least_retry_after_unless_it_overruns_the_budget() 
 def test_retry_delay_never_overruns_the_budget(
     attempt: int, elapsed_s: float, draw: float, retry_after_s: float | None
 ) -> None:
-    """Any delay given keeps the next try within max_elapsed_s and is at least Retry-After."""
+    """Any delay given keeps the next try within max_elapsed_s and is at least the capped
+    Retry-After."""
     config = RetryConfig(max_attempts=10, max_elapsed_s=300.0, max_backoff_s=30.0)
     outcome = Outcome(kind=R, retry_after_s=retry_after_s)
     delay = retry_delay_s(outcome, attempt, 0.0, elapsed_s, config, lambda: draw)
@@ -206,4 +207,4 @@ def test_retry_delay_never_overruns_the_budget(
     assert attempt < config.max_attempts
     assert elapsed_s + delay <= config.max_elapsed_s
     assert delay <= max(config.max_backoff_s, retry_after_s or 0.0)
-    assert delay >= (retry_after_s or 0.0)
+    assert delay >= min(retry_after_s or 0.0, config.max_retry_after_s)

@@ -122,8 +122,8 @@ async def test_a_huge_retry_after_is_capped_and_never_dead_letters_the_record() 
     sender, limiter = make_sender(FakeTransport([(429, {"Retry-After": "1000000000"})]), clock)
     decision = await sender.deliver(REQUEST, Attempts())
     assert decision.kind is DecisionKind.RETRY
-    assert decision.delay_s == pytest.approx(300.0)
-    assert limiter.pause_left_s("v") == pytest.approx(300.0)
+    assert decision.delay_s == pytest.approx(60.0)
+    assert limiter.pause_left_s("v") == pytest.approx(60.0)
 
 
 async def test_vendor_wide_pauses_never_spend_the_records_retry_budget() -> None:
@@ -316,3 +316,29 @@ async def test_adaptive_concurrency_rises_above_one_when_the_gate_is_full() -> N
 
     await asyncio.gather(*(worker() for _ in range(16)))
     assert sender.concurrency.limit > 4
+
+
+@pytest.mark.parametrize(
+    ("protocol", "extra"),
+    [
+        ("goal_reach", {}),
+        ("expertsender", {"api_key": "k"}),
+        ("altcraft", {"token": "t", "db_id": 1, "pixel_id": 1}),
+        ("conductrics", {"account": "acc", "api_key": "k"}),
+        ("webhook", {}),
+    ],
+)
+def test_no_vendor_protocol_accepts_a_redirect_as_delivered(
+    protocol: str, extra: dict[str, object]
+) -> None:
+    """Every protocol's config refuses `status_actions: {302: delivered}`; the webhook's
+    `status.delivered` list too."""
+    from service.vendors import VendorConfig
+
+    base = {"protocol": protocol, "base_url": "https://v.test", **extra}
+    msgspec.convert(base, VendorConfig)  # the base config is valid
+    with pytest.raises(msgspec.ValidationError, match="redirect"):
+        msgspec.convert({**base, "status_actions": {302: "delivered"}}, VendorConfig)
+    if protocol == "webhook":
+        with pytest.raises(msgspec.ValidationError, match="redirect"):
+            msgspec.convert({**base, "status": {"delivered": [301]}}, VendorConfig)
