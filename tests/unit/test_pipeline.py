@@ -4,6 +4,7 @@ rule of the record's path, flow control, commits and supervision is shown direct
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -119,6 +120,7 @@ class FakeSender:
         self.adapter = adapter
         self.blocked = False
         self.stuck: set[str] = set()
+        self.rejects: set[str] = set()
         self.hold: asyncio.Event | None = None
         self.sent: list[str] = []
         self.breaker_state = "closed"
@@ -135,6 +137,9 @@ class FakeSender:
             await self.hold.wait()
         if not current():
             return Decision(kind=DecisionKind.ABANDONED)
+        if any(s in event_id for s in self.rejects):
+            outcome = Outcome(kind=OutcomeKind.REJECT, reason="http_400", status=400)
+            return Decision(kind=DecisionKind.DEAD_LETTER, outcome=outcome, dlq_reason="rejected")
         self.sent.append(event_id)
         return Decision(kind=DecisionKind.DELIVERED, outcome=Outcome(kind=OutcomeKind.DELIVERED))
 
@@ -345,3 +350,20 @@ async def test_work_of_a_revoked_partition_is_never_sent():
 def test_new_pipeline_settings_have_defaults(field):
     """The new flow-control settings exist with documented defaults."""
     assert getattr(PipelineConfig(), field) > 0
+
+
+async def test_a_vendor_dead_letter_is_one_warning_and_an_invalid_record_is_not_logged_twice(
+    caplog: pytest.LogCaptureFixture,
+):
+    """Rejected, exhausted and expired letters are what operators grep for: one warning each;
+    an invalid record's own warning is not followed by a second one for its letter."""
+    logs = {P0: [record(P0, 0, event("e0")), record(P0, 1, b"not json")]}
+    with caplog.at_level(logging.INFO, logger="conversion_relay.pipeline"):
+        h = Harness(logs)
+        h.sender.rejects.add("e0")
+        async with h:
+            await until(lambda: len(h.dlq.letters) == 2 and h.consumer.committed_at(P0) == 2)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    dead = [r for r in warnings if r.getMessage() == "dead-lettered"]
+    assert [getattr(r, "reason", None) for r in dead] == ["rejected"]
+    assert len([r for r in warnings if r.getMessage().startswith("invalid event")]) == 1
