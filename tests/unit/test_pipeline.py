@@ -367,3 +367,38 @@ async def test_a_vendor_dead_letter_is_one_warning_and_an_invalid_record_is_not_
     dead = [r for r in warnings if r.getMessage() == "dead-lettered"]
     assert [getattr(r, "reason", None) for r in dead] == ["rejected"]
     assert len([r for r in warnings if r.getMessage().startswith("invalid event")]) == 1
+
+
+class FlakyConsumer(FakeConsumer):
+    """end_offsets and commit raise an unexpected error the first time each is called."""
+
+    def __init__(self, logs) -> None:
+        super().__init__(logs)
+        self.broken = {"end_offsets", "commit"}
+
+    async def end_offsets(self, partitions):
+        if "end_offsets" in self.broken:
+            self.broken.discard("end_offsets")
+            raise RuntimeError("lag bug")
+        return await super().end_offsets(partitions)
+
+    async def commit(self, offsets) -> None:
+        if "commit" in self.broken:
+            self.broken.discard("commit")
+            raise RuntimeError("commit bug")
+        await super().commit(offsets)
+
+
+async def test_a_lag_or_commit_task_that_dies_is_counted_and_restarted():
+    """The lag and commit loops are supervised like the workers: a death is counted, and the
+    restarted loop goes on (the lag gauge is set, the offsets are committed)."""
+    logs = {P0: [record(P0, i, event(f"e{i}")) for i in range(3)]}
+    h = Harness(logs, {"lag_interval_s": 0.05})
+    h.consumer = FlakyConsumer(logs)
+    h.pipeline._consumer = h.consumer
+    h.pipeline._flow._consumer = h.consumer
+    async with h:
+        await until(lambda: h.consumer.committed_at(P0) == 3)
+        await until(lambda: h.pipeline.lag() == 0 and P0 in h.pipeline._lag)
+    assert h.sample("conversion_relay_task_failures_total", task="lag") == 1
+    assert h.sample("conversion_relay_task_failures_total", task="commit") == 1
