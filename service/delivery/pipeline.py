@@ -43,6 +43,7 @@ from service.metrics import OUTCOMES, Metrics
 from service.vendors.base import Outcome, OutcomeKind, VendorBase
 
 log = logging.getLogger("conversion_relay.pipeline")
+_WARNED_BEFORE = frozenset({"invalid_event", "unreadable_record"})
 # A fetch task that dies this many times in a row ends the pipeline (its owner starts a fresh
 # consumer, as after the broker vanished).
 _FETCH_ESCALATE_AFTER = 5
@@ -524,7 +525,11 @@ class VendorPipeline:
             last_attempt_at=_at(work.attempts.last_at_s),
         )
         await self._dlq.write(letter)
-        log.info(
+        # A vendor's refusal or an exhausted budget is what operators grep for; invalid and
+        # unreadable records were already warned about where they were found.
+        level = logging.INFO if reason in _WARNED_BEFORE else logging.WARNING
+        log.log(
+            level,
             "dead-lettered",
             extra={
                 "vendor": self.vendor,

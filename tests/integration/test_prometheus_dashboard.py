@@ -491,7 +491,9 @@ async def test_the_dev_modes_own_traffic_holds_no_alert(broker, topics, promethe
     from service.sandbox.registry import contract_for
     from service.vendors import protocol_tag
 
-    raw = yaml.safe_load(resources.files("service").joinpath("dev_config.yaml").read_text())
+    raw = yaml.safe_load(
+        resources.files("service.devtools").joinpath("dev_config.yaml").read_text()
+    )
     raw["kafka"]["topics"] = [topics.source]
     raw["kafka"]["group_prefix"] = f"dev-{topics.source}"
     raw["dlq"]["topic"] = topics.dlq
@@ -520,7 +522,8 @@ async def test_the_dev_modes_own_traffic_holds_no_alert(broker, topics, promethe
             await asyncio.sleep(0.5)
         await asyncio.sleep(2)  # the rules have been evaluated on the scraped relay since
         watched_from_s = time.time()
-        traffic = asyncio.create_task(_traffic(broker.bootstrap, topics.source, 20.0, stop))
+        burst: asyncio.Queue[int] = asyncio.Queue()  # no chaos bursts: normal traffic only
+        traffic = asyncio.create_task(_traffic(broker.bootstrap, topics.source, 20.0, stop, burst))
         rules = [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
         true_at_some_point: dict[str, list[Any]] = {}
         for _ in range(8):  # every 5 s for 40 s

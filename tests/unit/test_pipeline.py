@@ -4,6 +4,7 @@ rule of the record's path, flow control, commits and supervision is shown direct
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -119,6 +120,7 @@ class FakeSender:
         self.adapter = adapter
         self.blocked = False
         self.stuck: set[str] = set()
+        self.rejects: set[str] = set()
         self.hold: asyncio.Event | None = None
         self.sent: list[str] = []
         self.breaker_state = "closed"
@@ -135,6 +137,9 @@ class FakeSender:
             await self.hold.wait()
         if not current():
             return Decision(kind=DecisionKind.ABANDONED)
+        if any(s in event_id for s in self.rejects):
+            outcome = Outcome(kind=OutcomeKind.REJECT, reason="http_400", status=400)
+            return Decision(kind=DecisionKind.DEAD_LETTER, outcome=outcome, dlq_reason="rejected")
         self.sent.append(event_id)
         return Decision(kind=DecisionKind.DELIVERED, outcome=Outcome(kind=OutcomeKind.DELIVERED))
 
@@ -345,3 +350,55 @@ async def test_work_of_a_revoked_partition_is_never_sent():
 def test_new_pipeline_settings_have_defaults(field):
     """The new flow-control settings exist with documented defaults."""
     assert getattr(PipelineConfig(), field) > 0
+
+
+async def test_a_vendor_dead_letter_is_one_warning_and_an_invalid_record_is_not_logged_twice(
+    caplog: pytest.LogCaptureFixture,
+):
+    """Rejected, exhausted and expired letters are what operators grep for: one warning each;
+    an invalid record's own warning is not followed by a second one for its letter."""
+    logs = {P0: [record(P0, 0, event("e0")), record(P0, 1, b"not json")]}
+    with caplog.at_level(logging.INFO, logger="conversion_relay.pipeline"):
+        h = Harness(logs)
+        h.sender.rejects.add("e0")
+        async with h:
+            await until(lambda: len(h.dlq.letters) == 2 and h.consumer.committed_at(P0) == 2)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    dead = [r for r in warnings if r.getMessage() == "dead-lettered"]
+    assert [getattr(r, "reason", None) for r in dead] == ["rejected"]
+    assert len([r for r in warnings if r.getMessage().startswith("invalid event")]) == 1
+
+
+class FlakyConsumer(FakeConsumer):
+    """end_offsets and commit raise an unexpected error the first time each is called."""
+
+    def __init__(self, logs) -> None:
+        super().__init__(logs)
+        self.broken = {"end_offsets", "commit"}
+
+    async def end_offsets(self, partitions):
+        if "end_offsets" in self.broken:
+            self.broken.discard("end_offsets")
+            raise RuntimeError("lag bug")
+        return await super().end_offsets(partitions)
+
+    async def commit(self, offsets) -> None:
+        if "commit" in self.broken:
+            self.broken.discard("commit")
+            raise RuntimeError("commit bug")
+        await super().commit(offsets)
+
+
+async def test_a_lag_or_commit_task_that_dies_is_counted_and_restarted():
+    """The lag and commit loops are supervised like the workers: a death is counted, and the
+    restarted loop goes on (the lag gauge is set, the offsets are committed)."""
+    logs = {P0: [record(P0, i, event(f"e{i}")) for i in range(3)]}
+    h = Harness(logs, {"lag_interval_s": 0.05})
+    h.consumer = FlakyConsumer(logs)
+    h.pipeline._consumer = h.consumer
+    h.pipeline._flow._consumer = h.consumer
+    async with h:
+        await until(lambda: h.consumer.committed_at(P0) == 3)
+        await until(lambda: h.pipeline.lag() == 0 and P0 in h.pipeline._lag)
+    assert h.sample("conversion_relay_task_failures_total", task="lag") == 1
+    assert h.sample("conversion_relay_task_failures_total", task="commit") == 1
