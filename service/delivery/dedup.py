@@ -45,7 +45,7 @@ class MemoryDedupStore:
     def __init__(
         self,
         ttl_s: float = SEVEN_DAYS_S,
-        max_entries: int = 1_000_000,
+        max_entries: int = 150_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if ttl_s <= 0 or max_entries < 1:
