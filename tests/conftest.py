@@ -19,6 +19,7 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from service.core.redact import forget_secrets
 from service.devtools.embedded import EmbeddedBroker, create_topics
 from service.net import free_port
 from service.sandbox.base import Sandbox
@@ -29,6 +30,15 @@ pytest_plugins = ["tests.plugins.redis_server"]
 ROOT = Path(__file__).resolve().parent.parent
 GOAL_PURCHASE = "299837db-9b51-45a4-996b-844d3fd05bbd"
 GOAL_SIGNUP = "ea565c1b-70b1-4165-bd39-4df0d4e4f9bc"
+
+
+@pytest.fixture(autouse=True)
+def _forget_config_secrets() -> Iterator[None]:
+    """Each test starts with no remembered config secrets: a config loaded by an earlier test
+    (whose `token` may be a word like `altcraft`) must not mask another test's text."""
+    forget_secrets()
+    yield
+    forget_secrets()
 
 
 @pytest.fixture(scope="session")

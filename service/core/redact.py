@@ -35,6 +35,7 @@ from urllib.parse import quote, unquote_plus
 
 __all__ = [
     "MASK",
+    "forget_secrets",
     "is_secret_key",
     "mask_email",
     "mask_phone",
@@ -119,6 +120,10 @@ class _Known:
             ordered = sorted(forms, key=len, reverse=True)
             self.pattern = re.compile("|".join(re.escape(v) for v in ordered))
 
+    def clear(self) -> None:
+        self.values = set()
+        self.pattern = None
+
     def mask(self, text: str) -> str:
         if self.pattern is None:
             return text
@@ -137,6 +142,11 @@ _KNOWN = _Known()
 def remember_secrets(values: Iterable[str]) -> None:
     """Mask these exact values (and their encoded forms) in every text `redact` sees from now on."""
     _KNOWN.add(values)
+
+
+def forget_secrets() -> None:
+    """Forget every remembered secret (a process that loads another config; tests)."""
+    _KNOWN.clear()
 
 
 def is_secret_key(name: str) -> bool:
