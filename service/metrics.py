@@ -16,10 +16,13 @@ time instead (service/workers.py), one series per `worker`. Garbage collections
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 PREFIX = "conversion_relay"
 # HTTP round trips to vendors: 5 ms to 30 s.
@@ -56,6 +59,74 @@ OUTCOMES = (
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 
+class BatchedCounter:
+    """A counter child on the hot path: `inc` adds to a plain number, `flush` hands it over.
+
+    prometheus_client takes a lock per increment (an mmap write per increment with `--workers`);
+    a delivery makes several, so they are summed here and added in one call per flush.
+    """
+
+    __slots__ = ("_child", "pending")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self.pending = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Count `amount` (added to the metric at the next flush)."""
+        self.pending += amount
+
+    def flush(self) -> None:
+        """Add what was counted since the last flush to the metric."""
+        if self.pending:
+            amount, self.pending = self.pending, 0.0
+            self._child.inc(amount)
+
+
+class BatchedHistogram:
+    """A histogram child on the hot path: observations kept as bucket counts until `flush`."""
+
+    __slots__ = ("_bounds", "_child", "_counts", "_sum")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        # prometheus_client's own bounds (+Inf last) and per-bucket (not cumulative) values.
+        self._bounds: list[float] = list(child._upper_bounds)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        """Observe `amount` (added to the metric at the next flush)."""
+        # bisect_left finds the first bound >= amount: the bucket `amount <= bound` picks.
+        self._counts[bisect_left(self._bounds, amount)] += 1
+        self._sum += amount
+
+    def flush(self) -> None:
+        """Add the observations since the last flush to the metric."""
+        counts = self._counts
+        if not any(counts):
+            return
+        buckets = self._child._buckets
+        for index, count in enumerate(counts):
+            if count:
+                buckets[index].inc(count)
+                counts[index] = 0
+        amount, self._sum = self._sum, 0.0
+        self._child._sum.inc(amount)
+
+
+class _FlushFirst(Collector):
+    """Registered before every metric: a scrape flushes the batched children, then reads."""
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self._flush = flush
+
+    def collect(self) -> Iterable[Metric]:
+        """Flush; yields no metric of its own."""
+        self._flush()
+        return ()
+
+
 class Metrics:
     """The metric catalogue; one instance per process (tests make their own registry)."""
 
@@ -63,6 +134,9 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         p = PREFIX
+        self._batched: list[BatchedCounter | BatchedHistogram] = []
+        # First in the registry, so every scrape (and get_sample_value) sees flushed values.
+        r.register(_FlushFirst(self.flush))
         # The version, git sha and vendors (comma-separated, sorted) of the running relay. The
         # dashboard and the alert rules recognise relay targets by this series, whatever their job
         # is called.
@@ -285,6 +359,24 @@ class Metrics:
             self.gc_collections.labels(generation)
             self.gc_objects_collected.labels(generation)
             self.gc_objects_uncollectable.labels(generation)
+
+    def batched_counter(self, child: Any) -> BatchedCounter:
+        """A hot-path view of a counter child, flushed on every scrape and by `flush()`."""
+        batched = BatchedCounter(child)
+        self._batched.append(batched)
+        return batched
+
+    def batched_histogram(self, child: Any) -> BatchedHistogram:
+        """A hot-path view of a histogram child, flushed on every scrape and by `flush()`."""
+        batched = BatchedHistogram(child)
+        self._batched.append(batched)
+        return batched
+
+    def flush(self) -> None:
+        """Hand every batched count to its metric (scrapes do; pipelines do every second, so
+        `--workers` files, read by the supervisor, are never more than a second behind)."""
+        for batched in self._batched:
+            batched.flush()
 
     def watch_gc(self) -> Callable[[], None]:
         """Count this process's garbage collections from now on; returns the function to stop."""
