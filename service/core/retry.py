@@ -98,6 +98,19 @@ class StatusTable:
 
 
 _DEFAULT_TABLE = StatusTable()
+_DELIVERED: dict[int, Outcome] = {}
+
+
+def delivered_outcome(status: int) -> Outcome | None:
+    """The (shared, immutable) outcome of a status the default table counts as delivered, or None.
+
+    Delivered answers are the hot path: no body is decoded or redacted for them (their body is
+    never shown), and one Outcome per status serves every delivery.
+    """
+    outcome = _DELIVERED.get(status)
+    if outcome is None and default_action(status) is OutcomeKind.DELIVERED:
+        outcome = _DELIVERED[status] = Outcome(kind=OutcomeKind.DELIVERED, status=status)
+    return outcome
 
 
 def classify_status(

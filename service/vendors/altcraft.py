@@ -29,7 +29,7 @@ from typing import Annotated, ClassVar, Literal
 import msgspec
 
 from service.core.redact import redact
-from service.core.retry import classify_status, parse_retry_after
+from service.core.retry import classify_status, delivered_outcome, parse_retry_after
 from service.errors import VendorInputError
 from service.events import ConversionEvent, ParamValue
 from service.vendors.base import (
@@ -250,7 +250,8 @@ class AltcraftAdapter:
                 kind=OutcomeKind.RETRY, reason="unreadable_answer", detail=text, status=status
             )
         if answer is None or answer.error == 0:
-            return classify_status(status, response.headers, text)
+            delivered = delivered_outcome(status) if answer is not None else None
+            return delivered or classify_status(status, response.headers, text)
         outcome = classify_status(status, response.headers, redact(answer.error_text[:512]))
         if success:  # HTTP says fine, the body says it failed
             retry = answer.error in self.config.retry_error_codes

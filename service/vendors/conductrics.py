@@ -22,7 +22,7 @@ from urllib.parse import quote, urlencode
 import msgspec
 
 from service.core.redact import redact
-from service.core.retry import classify_status
+from service.core.retry import classify_status, delivered_outcome
 from service.errors import VendorInputError
 from service.events import ConversionEvent
 from service.vendors.base import (
@@ -114,5 +114,8 @@ class ConductricsAdapter:
 
     def classify(self, response: VendorResponse) -> Outcome:
         """The doc defines no answer body: the default status table, the body as detail."""
+        delivered = delivered_outcome(response.status)
+        if delivered is not None:
+            return delivered
         detail = redact(response.body[:512].decode("utf-8", "replace"))
         return classify_status(response.status, response.headers, detail)

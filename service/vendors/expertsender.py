@@ -25,7 +25,7 @@ from typing import Annotated, ClassVar, Literal
 import msgspec
 
 from service.core.redact import redact
-from service.core.retry import classify_status
+from service.core.retry import classify_status, delivered_outcome
 from service.errors import VendorInputError
 from service.events import ConversionEvent
 from service.vendors.base import Outcome, Route, VendorBase, VendorRequest, VendorResponse
@@ -168,6 +168,8 @@ class ExpertSenderAdapter:
 
     def classify(self, response: VendorResponse) -> Outcome:
         """201 is delivered; an XML ErrorMessage names the vendor's code; else the default table."""
+        if response.status < 300 and (delivered := delivered_outcome(response.status)):
+            return delivered
         found = error_message(response.body) if response.status >= 300 else None
         if found is None:
             detail = redact(response.body[:512].decode("utf-8", "replace"))

@@ -118,5 +118,8 @@ class GoalReachAdapter:
 
     def classify(self, response: VendorResponse) -> Outcome:
         """200 is delivered; the rest by the default status table, with the body as detail."""
+        delivered = retry.delivered_outcome(response.status)
+        if delivered is not None:
+            return delivered
         detail = redact(response.body[:512].decode("utf-8", "replace"))
         return retry.classify_status(response.status, response.headers, detail)

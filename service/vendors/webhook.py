@@ -26,7 +26,7 @@ import msgspec
 import msgspec.inspect as mi
 
 from service.core.redact import redact
-from service.core.retry import classify_status, parse_retry_after
+from service.core.retry import classify_status, delivered_outcome, parse_retry_after
 from service.errors import VendorInputError
 from service.events import ConversionEvent
 from service.vendors.base import (
@@ -264,8 +264,10 @@ class WebhookAdapter:
 
     def classify(self, response: VendorResponse) -> Outcome:
         """A configured status override first, then the default table."""
-        detail = redact(response.body[:512].decode("utf-8", "replace"))
         kind = self._kinds.get(response.status)
+        if kind is None and (delivered := delivered_outcome(response.status)):
+            return delivered
+        detail = redact(response.body[:512].decode("utf-8", "replace"))
         if kind is None:
             return classify_status(response.status, response.headers, detail)
         wait_s = None
