@@ -126,6 +126,10 @@ class RateLimiter(Protocol):
         """Seconds left of the pause this process knows of (no I/O)."""
         ...
 
+    def limited(self, vendor: str) -> bool:
+        """Whether `vendor` has a rate limit (else `acquire` only ever waits out a pause)."""
+        ...
+
     def set_share(self, vendor: str, share: Share) -> None:
         """Tell the limiter which share of the fleet this process is for `vendor`."""
         ...
@@ -190,6 +194,10 @@ class LocalRateLimiter:
 
     def set_share(self, vendor: str, share: Share) -> None:
         """Nothing to share without Redis: each process limits alone."""
+
+    def limited(self, vendor: str) -> bool:
+        """Whether `vendor` has a rate limit."""
+        return self._limits.get(vendor) is not None
 
     def pause_local(self, vendor: str, until_epoch_s: float, count: bool = True) -> bool:
         """Record a pause in this process; True if it extended the current one."""
@@ -297,6 +305,10 @@ class RedisRateLimiter:
     def set_share(self, vendor: str, share: Share) -> None:
         """Where this process' share of `vendor`'s fleet comes from (used while Redis is down)."""
         self._shares[vendor] = share
+
+    def limited(self, vendor: str) -> bool:
+        """Whether `vendor` has a rate limit (shared over Redis)."""
+        return self._limits.get(vendor) is not None
 
     def share_of(self, vendor: str) -> float:
         """This process' share of `vendor`'s limit while Redis is down."""

@@ -25,7 +25,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 
 import msgspec
 import yarl
@@ -238,7 +237,11 @@ class PauseLayer:
 
 
 class ConcurrencyGate:
-    """A semaphore whose limit the AIMD controller moves; `slot()` holds one place in it."""
+    """A semaphore whose limit the AIMD controller moves: `enter()` / `leave()` hold one place.
+
+    Off (fixed concurrency), it only counts: the pipeline's workers already bound the requests
+    in flight, so entering never waits and costs no await.
+    """
 
     def __init__(
         self,
@@ -258,51 +261,33 @@ class ConcurrencyGate:
         """Requests allowed in flight now."""
         return self.controller.limit
 
-    def slot(self) -> _Slot:
-        """One place in the gate (`async with gate.slot() as slot: ... slot.observe(...)`)."""
-        return _Slot(self)
+    def must_wait(self) -> bool:
+        """Whether `enter()` would wait now."""
+        return self.enabled and self.active >= self.controller.limit
 
-    async def _acquire(self) -> None:
+    async def enter(self) -> None:
+        """Take a place, waiting while the gate is full."""
         while self.enabled and self.active >= self.controller.limit:
             self._freed.clear()
             await self._freed.wait()
         self.active += 1
 
-    def _release(self) -> None:
+    def leave(self) -> None:
+        """Give the place back."""
         self.active -= 1
-        self._freed.set()
+        if self.enabled:
+            self._freed.set()
 
-    def _observe(self, rtt_s: float, overloaded: bool) -> None:
+    def observe(self, rtt_s: float, overloaded: bool) -> None:
+        """Feed the controller a round trip while its place is still held."""
+        if not self.enabled:
+            return
         # In flight as it was while this request was out: itself included, before release.
         before = self.controller.limit
         limit = self.controller.observe(rtt_s, overloaded, self._monotonic(), self.active)
         if limit != before:
             self._on_limit(limit)
             self._freed.set()  # a raised limit lets waiters in now
-
-
-class _Slot:
-    """A held place in a `ConcurrencyGate`."""
-
-    def __init__(self, gate: ConcurrencyGate) -> None:
-        self._gate = gate
-
-    async def __aenter__(self) -> _Slot:
-        await self._gate._acquire()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._gate._release()
-
-    def observe(self, rtt_s: float, overloaded: bool) -> None:
-        """Feed the controller this request's round trip while the slot is still held."""
-        if self._gate.enabled:
-            self._gate._observe(rtt_s, overloaded)
 
 
 # ---- classify and overrides --------------------------------------------------------------------
@@ -438,11 +423,17 @@ class Sender:
         self._pause = PauseLayer(vendor, limiter, clock, sleep)
         self._gate = ConcurrencyGate(self.concurrency, self._limit_gauge.set, monotonic)
         self._retry = RetryPolicy(config.retry, rng, clock)
-        self._requests = {
-            c: metrics.http_requests.labels(vendor, c)
+        # Bound once; counted in plain numbers, handed to prometheus on every scrape.
+        requests = {
+            c: metrics.batched_counter(metrics.http_requests.labels(vendor, c))
             for c in ("2xx", "3xx", "4xx", "5xx", "error")
         }
-        self._duration = metrics.request_duration.labels(vendor)
+        self._request_errors = requests["error"]
+        # By status // 100; a 1xx final answer is no HTTP a vendor should give: an error.
+        self._by_class = [requests["error"], requests["error"]]
+        self._by_class += [requests[f"{n}xx"] for n in range(2, 6)]
+        self._duration = metrics.batched_histogram(metrics.request_duration.labels(vendor))
+        self._limited = limiter.limited(vendor)
         deprecated = config.breaker.deprecated_fields
         if deprecated:
             log.warning(
@@ -467,24 +458,48 @@ class Sender:
     ) -> Decision:
         """One try through every layer, outermost first, and what the pipeline does next:
         delivered, dead letter, retry later, or abandoned when `current()` turns false before
-        the request leaves (its partition was revoked: nothing is sent)."""
-        vendor_wait_s = await self._breaker_layer.wait(attempts)  # breaker
-        vendor_wait_s += await self._pause.wait()  # limiter pause (Retry-After, bounded)
-        async with self._gate.slot() as slot:  # concurrency gate (AIMD)
-            await self._limiter.acquire(self.vendor)  # rate token, inside the gate
-            attempts.excused_s += vendor_wait_s
+        the request leaves (its partition was revoked: nothing is sent).
+
+        Each layer is awaited only when it holds the request (open breaker, pause, full gate,
+        rate limit): on the happy path the only await is the exchange itself."""
+        breaker = self.breaker
+        vendor_wait_s = 0.0
+        if breaker is not None and breaker.state is not BreakerState.CLOSED:
+            vendor_wait_s = await self._breaker_layer.wait(attempts)  # breaker
+        limiter = self._limiter
+        if limiter.pause_left_s(self.vendor) > 0:
+            vendor_wait_s += await self._pause.wait()  # limiter pause (Retry-After, bounded)
+        gate = self._gate
+        if gate.must_wait():
+            await gate.enter()  # concurrency gate (AIMD)
+        else:
+            gate.active += 1
+        try:
+            if self._limited or limiter.pause_left_s(self.vendor) > 0:
+                await limiter.acquire(self.vendor)  # rate token, inside the gate
+            if vendor_wait_s:
+                attempts.excused_s += vendor_wait_s
             if not current():
                 return _ABANDONED
             self._count_attempt(attempts)
             sent_at_s = self._monotonic()
-            started_s = time.perf_counter()
-            answer = await self._exchange(request)  # transport
+            started_s = time.perf_counter()  # the real round trip, whatever clock is injected
+            try:
+                answer: VendorResponse | DeliveryError = await self._transport.send(request)
+            except DeliveryError as error:  # transport
+                answer = error
             rtt_s = time.perf_counter() - started_s
             self._duration.observe(rtt_s)
             outcome = self._classify(request, answer)  # classify + status overrides
-            slot.observe(rtt_s, is_overload(outcome))
-        self._breaker_layer.record(outcome, sent_at_s, attempts)
-        await self._pause.after(outcome)
+            gate.observe(rtt_s, is_overload(outcome))
+        finally:
+            gate.leave()
+        if breaker is not None:
+            self._breaker_layer.record(outcome, sent_at_s, attempts)
+        if outcome.kind is OutcomeKind.DELIVERED:
+            return self._retry.decide(outcome, attempts, None)
+        if outcome.retry_after_s is not None:
+            await self._pause.after(outcome)
         return self._retry.decide(outcome, attempts, self._vendor_wait_s(outcome))  # retry
 
     def retry_delay_s(self, outcome: Outcome, attempts: Attempts) -> float | None:
@@ -508,19 +523,15 @@ class Sender:
         attempts.count += 1
         attempts.last_at_s = now_s
 
-    async def _exchange(self, request: VendorRequest) -> VendorResponse | DeliveryError:
-        try:
-            return await self._transport.send(request)
-        except DeliveryError as error:
-            return error
-
     def _classify(self, request: VendorRequest, answer: VendorResponse | DeliveryError) -> Outcome:
         """The answer's meaning: adapter (or redirect), bounded Retry-After, status overrides."""
         if isinstance(answer, DeliveryError):
-            self._requests["error"].inc()
+            self._request_errors.inc()
             return error_outcome(answer)
-        self._requests.get(status_class(answer.status), self._requests["error"]).inc()
-        if 300 <= answer.status < 400:
+        status = answer.status
+        by_class = self._by_class
+        (by_class[status // 100] if 0 <= status < 600 else self._request_errors).inc()
+        if 300 <= status < 400:
             return redirect_outcome(answer, request, self._table)
         outcome = self.adapter.classify(answer)
         outcome = bound_retry_after(outcome, answer, self._max_retry_after_s)

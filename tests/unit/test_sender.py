@@ -88,7 +88,7 @@ def make_sender(
     async def sleep(seconds: float) -> None:
         clock.now_s += seconds
 
-    limiter = LocalRateLimiter({}, clock=clock, wall_clock=clock, sleep=sleep)
+    limiter = LocalRateLimiter({"v": vendor.rate_limit}, clock=clock, wall_clock=clock, sleep=sleep)
     sender = Sender(
         "v",
         FakeAdapter(),
@@ -274,7 +274,9 @@ async def test_the_rate_token_is_taken_inside_the_concurrency_gate() -> None:
     """With adaptive concurrency at 1, a second request waits at the gate before its token."""
     order: list[str] = []
     clock = Clock()
-    sender, limiter = make_sender(FakeTransport([(200, {})]), clock, adaptive_concurrency=True)
+    sender, limiter = make_sender(
+        FakeTransport([(200, {})]), clock, adaptive_concurrency=True, rate_limit={"per_s": 1000}
+    )
     release = asyncio.Event()
 
     async def acquire(vendor: str, account: str = "") -> float:
