@@ -7,7 +7,7 @@ unreadable → replay filter → tombstone → size → decode → route → ded
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -15,7 +15,7 @@ import msgspec
 from service.core.exchange import Route, VendorRequest
 from service.core.records import Unreadable
 from service.core.routing import Expired, Skip, route_event
-from service.delivery.dedup import DedupStore
+from service.delivery.dedup import DedupStore, MemoryDedupStore
 from service.errors import EventError, VendorInputError
 from service.events import ConversionEvent, decode_event
 from service.logs import redact
@@ -96,12 +96,17 @@ def route(
     return decision
 
 
+_DEDUPLICATED = Terminal(outcome="deduplicated")
+# Stands in for "now" where no age limit reads it.
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
 async def deduplicated(
     dedup: DedupStore | None, vendor: str, event: ConversionEvent
 ) -> Terminal | None:
     """Delivered before (a rebalance, crash or replay brought it back): not again."""
     if dedup is not None and await dedup.seen(vendor, event.event_id):
-        return Terminal(outcome="deduplicated")
+        return _DEDUPLICATED
     return None
 
 
@@ -152,14 +157,32 @@ class RecordPath:
         ended = too_large(record, self._max_record_bytes)
         return ended if ended is not None else decode(record)
 
+    @property
+    def awaits(self) -> bool:
+        """Whether `prepare` must be awaited (a dedup store that does I/O); else `prepare_now`."""
+        return self._dedup is not None and not isinstance(self._dedup, MemoryDedupStore)
+
+    def _route(self, event: ConversionEvent) -> Route | Terminal:
+        # The clock is read only when an age limit needs it.
+        now = self._now() if self._max_event_age_s is not None else _NEVER
+        return route(event, self._vendor, self._goal_ids, self._adapter, self._max_event_age_s, now)
+
     async def prepare(self, event: ConversionEvent) -> VendorRequest | Terminal:
         """From a decoded event to the request the sender sends."""
-        where = route(
-            event, self._vendor, self._goal_ids, self._adapter, self._max_event_age_s, self._now()
-        )
+        where = self._route(event)
         if isinstance(where, Terminal):
             return where
         ended = await deduplicated(self._dedup, self._vendor, event)
         if ended is not None:
             return ended
+        return build(self._adapter, event, where)
+
+    def prepare_now(self, event: ConversionEvent) -> VendorRequest | Terminal:
+        """`prepare` without an await, for an in-process dedup store (or none)."""
+        where = self._route(event)
+        if isinstance(where, Terminal):
+            return where
+        dedup = self._dedup
+        if isinstance(dedup, MemoryDedupStore) and dedup.contains(self._vendor, event.event_id):
+            return _DEDUPLICATED
         return build(self._adapter, event, where)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections import Counter
 
@@ -37,18 +38,27 @@ async def test_two_workers_share_partitions_and_report_merged_metrics(
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{url}/status") as resp:
             workers = (await resp.json())["workers"]
-        async with session.get(f"{url}/metrics") as resp:
-            text = await resp.text()
+
+        async def delivered() -> float:
+            async with session.get(f"{url}/metrics") as resp:
+                text = await resp.text()
+            return sum(
+                s.value
+                for f in text_string_to_metric_families(text)
+                for s in f.samples
+                if s.name == "conversion_relay_deliveries_total"
+                and s.labels["outcome"] == "delivered"
+            )
+
+        # Each worker hands its batched counts to the shared files once per fetch (~0.2 s).
+        for _ in range(20):
+            if await delivered() == len(si.accepted):
+                break
+            await asyncio.sleep(0.1)
+        assert await delivered() == len(si.accepted)
     owned = [set(w["vendors"]["sustain_impact"]["assigned_partitions"]) for w in workers]
     assert len(owned) == 2
     assert owned[0] and owned[1] and not owned[0] & owned[1]
-    delivered = sum(
-        s.value
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
-        if s.name == "conversion_relay_deliveries_total" and s.labels["outcome"] == "delivered"
-    )
-    assert delivered == len(si.accepted)
     relay.signal(signal.SIGTERM)
     assert await relay.wait_exit(60) == 0, relay.logs()
 
