@@ -66,6 +66,11 @@ class KafkaConfig(Strict, frozen=True):
     enable_idempotence: bool = False
     # Records of aborted transactions are never read (every consumer: pipelines, replay, lag).
     isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
+    # Longest a fetch waits at the broker for new records. Kafka answers as soon as a record
+    # arrives; brokers that do not (Tansu) hold every fetch this long, which is then the
+    # latency floor. Kafka's own 500 ms default made that p95 ~250 ms; 25 ms costs an idle
+    # pipeline ~40 empty fetches per second.
+    fetch_max_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 25
 
 
 EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]

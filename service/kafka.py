@@ -47,6 +47,7 @@ def consumer_kwargs(kafka: KafkaConfig, group_id: str) -> dict[str, Any]:
         "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
         "max_poll_interval_ms": kafka.max_poll_interval_ms,
         "isolation_level": kafka.isolation_level,
+        "fetch_max_wait_ms": kafka.fetch_max_wait_ms,
     }
 
 
