@@ -28,7 +28,7 @@ from bench.adaptive import adaptive_section
 from bench.ceilings.consume_latency import describe_consumer, relay_fetch_timeout_ms
 from bench.memory_stuck import memory_stuck
 from bench.procs import Proc, Usage, install_signal_handlers, python_module, stop_all, usage
-from bench.report import Noise, Row, Section, machine, mib, num, throughput_section
+from bench.report import Noise, Row, Section, busy_s, machine, mib, num, throughput_section
 from bench.sinks import (
     ConsumeCeiling,
     NginxSink,
@@ -78,6 +78,7 @@ CONTENDERS = (
 # scenario runs them only when named with --only, to keep `make bench` within its time.
 NGINX_DEFAULT = frozenset({*CLIENTS, *RELAY_TRANSPORTS} - {"client"})
 POLL_S = 0.1
+MACHINE = "machine"  # watch()'s key for every process's CPU (/proc/stat)
 
 
 @dataclass
@@ -117,6 +118,7 @@ class Measured:
     error: str = ""
     # CPU s of other processes (sink, broker) over the same window, when asked for.
     others_cpu_s: dict[str, float] = field(default_factory=dict)
+    cpu_window_s: float = 0.0  # wall time the CPU figures span (poll to poll)
 
     @property
     def window_s(self) -> float:
@@ -160,6 +162,7 @@ async def watch(
     started = time.monotonic()
     first_seen: float | None = None
     cpu_start: float | None = None
+    cpu_start_at = cpu_end_at = started
     last: Usage | None = None
     others = others or {}
     others_start: dict[str, float] = {}
@@ -170,14 +173,16 @@ async def watch(
         now = time.monotonic()
         used = proc.usage(tree)
         if used is not None:
-            last = used
+            last, cpu_end_at = used, now
         for other, (pid, other_tree) in others.items():
             other_usage = usage(pid, other_tree)
             if other_usage is not None:
                 others_last[other] = other_usage.cpu_s
+        if others:  # every process on the machine, for what the named ones leave out
+            others_last[MACHINE] = busy_s()
         if stats.accepted == 0:
             if used is not None:
-                cpu_start = used.cpu_s
+                cpu_start, cpu_start_at = used.cpu_s, now
             others_start.update(others_last)
             if now - started > startup_s:
                 error = f"no delivery within {startup_s:.0f}s"
@@ -202,6 +207,7 @@ async def watch(
         stats.accepted >= expected,
         error,
         others_cpu_s,
+        cpu_end_at - cpu_start_at,
     )
 
 
@@ -1018,16 +1024,25 @@ def cores_notes(spent: list[tuple[int, Measured]]) -> list[str]:
     cores = os.cpu_count() or 1
     notes = []
     for count, measured in spent:
-        if measured.cpu_s is None or measured.window_s <= 0:
+        wall_s = measured.cpu_window_s
+        if measured.cpu_s is None or wall_s <= 0:
             continue
         parts = {"relay": measured.cpu_s, **measured.others_cpu_s}
-        total = sum(parts.values())
-        shown = ", ".join(f"{name} {cpu_s:.1f}" for name, cpu_s in parts.items())
+        total = parts.pop(MACHINE, None)
+        if total is not None:
+            parts["the rest (harness, other work)"] = max(0.0, total - sum(parts.values()))
+        else:
+            total = sum(parts.values())
+        shown = ", ".join(f"{name} {cpu_s:.2f}" for name, cpu_s in parts.items())
+        busy = total / wall_s
+        verdict = (
+            "the cores were full: the machine limits the scaling"
+            if busy >= 0.9 * cores
+            else "the cores were not full: the relay limits it (a process uses one core at most)"
+        )
         notes.append(
-            f"{count} worker(s), CPU s over its {measured.window_s:.1f} s of deliveries: {shown}; "
-            f"together {total / measured.window_s:.2f} of the machine's {cores} cores "
-            "(the sink and the broker share the relay's cores here: when they sum to about "
-            f"{cores}, the machine, not the relay, limits the scaling)"
+            f"{count} worker(s), CPU s over the {wall_s:.1f} s its CPU was measured: {shown}; "
+            f"{busy:.2f} of the machine's {cores} cores busy, {verdict}"
         )
     return notes
 
