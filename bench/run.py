@@ -1055,6 +1055,33 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
+async def run_scenario(
+    bench: Bench, scenario: str, shared: tuple[str, list[bytes] | None] | None
+) -> None:
+    """One scenario (those over the shared backlog need it)."""
+    settings = bench.s
+    lines = shared[1] if shared is not None else None
+    if scenario == "throughput" and shared is not None and lines is not None:
+        await bench.throughput(settings.sink, settings.latencies_ms, shared[0], lines)
+    elif scenario == "nginx" and shared is not None and lines is not None:
+        if nginx_binary() is None:
+            print("nginx is not installed (bench/setup.sh): skipping the nginx sink", flush=True)
+        else:
+            await bench.throughput("nginx", (0,), shared[0], lines)
+    elif scenario == "latency":
+        await bench.latency()
+    elif scenario == "memory":
+        await bench.memory()
+    elif scenario == "memory_stuck":
+        await memory_stuck(bench)
+    elif scenario == "ratelimit":
+        await bench.ratelimit()
+    elif scenario == "workers" and shared is not None and lines is not None:
+        await bench.workers(shared[0], lines)
+    elif scenario == "adaptive":  # quick runs have max_s of a few seconds
+        bench.report.add(await adaptive_section(quick=settings.max_s < 10))
+
+
 async def run(settings: Settings, scenarios: list[str]) -> str:
     """Run the scenarios and write the report."""
     noise = Noise.start()
@@ -1062,34 +1089,20 @@ async def run(settings: Settings, scenarios: list[str]) -> str:
     print(f"logs and configs: {work}", flush=True)
     broker = EmbeddedBroker(log_path=work / "broker.log")
     broker.start()
+    took: dict[str, float] = {}  # seconds per scenario, for planning a full run's time
     try:
         async with aiohttp.ClientSession() as session:
             bench = Bench(settings, broker, work, session)
             shared: tuple[str, list[bytes] | None] | None = None
+            began = time.monotonic()
             if {"throughput", "nginx", "workers"} & set(scenarios):
                 shared = await bench.backlog(settings.events)
-            if "throughput" in scenarios and shared is not None and shared[1] is not None:
-                await bench.throughput(settings.sink, settings.latencies_ms, shared[0], shared[1])
-            if "nginx" in scenarios and shared is not None and shared[1] is not None:
-                if nginx_binary() is None:
-                    print(
-                        "nginx is not installed (bench/setup.sh): skipping the nginx sink",
-                        flush=True,
-                    )
-                else:
-                    await bench.throughput("nginx", (0,), shared[0], shared[1])
-            if "latency" in scenarios:
-                await bench.latency()
-            if "memory" in scenarios:
-                await bench.memory()
-            if "memory_stuck" in scenarios:
-                await memory_stuck(bench)
-            if "ratelimit" in scenarios:
-                await bench.ratelimit()
-            if "workers" in scenarios and shared is not None and shared[1] is not None:
-                await bench.workers(shared[0], shared[1])
-            if "adaptive" in scenarios:  # quick runs have max_s of a few seconds
-                bench.report.add(await adaptive_section(quick=settings.max_s < 10))
+            took["backlog preload"] = time.monotonic() - began
+            for scenario in scenarios:
+                began = time.monotonic()
+                await run_scenario(bench, scenario, shared)
+                took[scenario] = time.monotonic() - began
+                print(f"  ({scenario}: {took[scenario]:.0f}s)", flush=True)
     finally:
         stop_all()
         broker.stop()
@@ -1101,6 +1114,7 @@ async def run(settings: Settings, scenarios: list[str]) -> str:
             "",
             *machine(noise),
             f"- command: `python -m bench.run {' '.join(sys.argv[1:])}`",
+            "- seconds per scenario: " + ", ".join(f"{k} {v:.0f}" for k, v in took.items()),
             "",
             *(section.markdown() for section in bench.report.sections),
         ]
@@ -1203,7 +1217,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path
         settings.only = tuple(args.only)
         settings.only_given = True
     settings.memory_s = min(settings.memory_s, settings.max_s)
-    scenarios = args.scenario or list(SCENARIOS)
+    # Always in SCENARIOS' order (and once each), whatever the order of --scenario.
+    scenarios = [s for s in SCENARIOS if s in (args.scenario or SCENARIOS)]
     if args.quick and not args.scenario:
         scenarios = [s for s in SCENARIOS if s != "nginx"]
     return settings, scenarios, output
