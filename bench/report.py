@@ -105,7 +105,7 @@ def throughput_section(title: str, rows: list[Row], notes: list[str]) -> Section
                 row.ratio_naive = row.deliveries_per_s / naive.deliveries_per_s
             if client is not None and client.deliveries_per_s and row is not client:
                 row.ratio_client = row.deliveries_per_s / client.deliveries_per_s
-            own = clients.get(row.transport) if row.kind != "ceiling" else None
+            own = clients.get(row.transport) if row.transport and row.kind != "ceiling" else None
             if own is not None and own.deliveries_per_s:
                 row.ratio_own_client = row.deliveries_per_s / own.deliveries_per_s
         per_delivery_us = row.cpu_s_per_1k * 1000 if row.cpu_s_per_1k is not None else None

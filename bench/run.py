@@ -645,15 +645,15 @@ class Bench:
                         f"`http.transport: {transport}` yet ({message})",
                     )
                 )
-            for name, kind, start, transport, missing in plan:
+            for name, kind, start, http_library, missing in plan:
                 if missing:
-                    rows.append(Row(name, kind, note=missing, transport=transport))
+                    rows.append(Row(name, kind, note=missing, transport=http_library))
                     continue
                 row, _ = await self.run_http(name, kind, start, self.sink(sink_kind, latency_ms), n)
-                row.transport = transport
+                row.transport = http_library
                 if name == "conversion-relay, 1 vendor":
                     row.note = "; ".join(
-                        filter(None, [f"transport {transport} (default)", row.note])
+                        filter(None, [f"transport {http_library} (default)", row.note])
                     )
                 rows.append(row)
             if "relay5" in only:
@@ -873,7 +873,7 @@ class Bench:
         count = int(s.rate_limit_per_s * (s.rate_s + 15))
         topic, _ = await self.backlog(count)
         sink = self.sandbox("rate-sink", 0, rate_limit_per_s=s.rate_sink_limit_per_s)
-        proc = self.relay1(topic, **limit)(sink)
+        proc = self.relay1(topic, rate_limit=limit["rate_limit"])(sink)
         try:
             measured = await watch(proc, [sink], count, s.rate_s + 1, startup_s=s.startup_s)
             samples = await sink.samples()
