@@ -72,9 +72,16 @@ def relay_config(
     vendors: dict[str, dict[str, Any]],
     http_port: int,
     group_prefix: str,
+    transport: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """The relay's config: production defaults except the Tansu-friendly session timeouts."""
+    """The relay's config: production defaults except the Tansu-friendly session timeouts.
+
+    `transport` sets `http.transport` (aiohttp, pyreqwest); None leaves the relay's default.
+    """
+    http: dict[str, Any] = {"host": "127.0.0.1", "port": http_port}
+    if transport is not None:
+        http["transport"] = transport
     return {
         "kafka": {
             "bootstrap_servers": [bootstrap],
@@ -83,7 +90,7 @@ def relay_config(
             "session_timeout_ms": SESSION_TIMEOUT_MS,
             "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,
         },
-        "http": {"host": "127.0.0.1", "port": http_port},
+        "http": http,
         "dlq": {"topic": f"{topic}.dlq"},
         "vendors": vendors,
         **extra,
@@ -112,6 +119,29 @@ def check_config(path: Path) -> tuple[bool, str]:
         check=False,
     )
     return done.returncode == 0, (done.stdout + done.stderr).strip()
+
+
+def default_transport() -> str:
+    """The relay's default transport: `http.transport`'s default, aiohttp before the key exists."""
+    from service.config import HttpConfig
+
+    # Read from the config class, not assumed: the default is decided by the figures.
+    return str(getattr(HttpConfig(), "transport", "aiohttp"))
+
+
+def transport_support(work_dir: Path, bootstrap: str, transport: str) -> tuple[bool, str]:
+    """Whether the relay's config accepts `http.transport: <transport>` (check-config's answer)."""
+    probe = relay_config(
+        bootstrap,
+        "probe",
+        single_vendor("http://127.0.0.1:9", 8),
+        new_http_port(),
+        "probe",
+        transport=transport,
+    )
+    ok, message = check_config(write_config(work_dir / f"probe-transport-{transport}.yaml", probe))
+    first = message.splitlines()[0] if message else ""
+    return ok, first
 
 
 def run_help() -> str:

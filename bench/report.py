@@ -27,6 +27,10 @@ class Row:
     note: str = ""
     ratio_naive: float | None = None
     ratio_client: float | None = None
+    # The HTTP library doing the sending (client ceilings, relay rows whose transport is known):
+    # a relay row is also compared with the client ceiling of its own transport.
+    transport: str | None = None
+    ratio_own_client: float | None = None
 
 
 @dataclass
@@ -79,15 +83,21 @@ THROUGHPUT_COLUMNS = [
     "peak RSS MiB",
     "× naive",
     "× client",
+    "× own client",
     "delivered / expected",
     "notes",
 ]
 
 
 def throughput_section(title: str, rows: list[Row], notes: list[str]) -> Section:
-    """A throughput table; ratios are filled in from the same section's naive and client rows."""
+    """A throughput table; ratios are filled in from the same section's naive and client rows.
+
+    × client is against the aiohttp client ceiling; × own client against the client ceiling of
+    the row's own transport (a relay row on pyreqwest against the pyreqwest client).
+    """
     naive = next((r for r in rows if r.name == "naive relay"), None)
     client = next((r for r in rows if r.name.startswith("ceiling: aiohttp client")), None)
+    clients = {r.transport: r for r in rows if r.kind == "ceiling" and r.transport}
     section = Section(title, THROUGHPUT_COLUMNS, notes=notes)
     for row in rows:
         if row.deliveries_per_s is not None:
@@ -95,6 +105,9 @@ def throughput_section(title: str, rows: list[Row], notes: list[str]) -> Section
                 row.ratio_naive = row.deliveries_per_s / naive.deliveries_per_s
             if client is not None and client.deliveries_per_s and row is not client:
                 row.ratio_client = row.deliveries_per_s / client.deliveries_per_s
+            own = clients.get(row.transport) if row.transport and row.kind != "ceiling" else None
+            if own is not None and own.deliveries_per_s:
+                row.ratio_own_client = row.deliveries_per_s / own.deliveries_per_s
         per_delivery_us = row.cpu_s_per_1k * 1000 if row.cpu_s_per_1k is not None else None
         section.rows.append(
             [
@@ -106,6 +119,7 @@ def throughput_section(title: str, rows: list[Row], notes: list[str]) -> Section
                 mib(row.peak_rss_bytes),
                 ratio(row.ratio_naive),
                 ratio(row.ratio_client),
+                ratio(row.ratio_own_client),
                 f"{row.deliveries:,} / {row.expected:,}" if row.expected else "–",
                 row.note,
             ]
@@ -200,6 +214,10 @@ def machine(noise: Noise) -> list[str]:
         for d in (
             "aiokafka",
             "aiohttp",
+            "pyreqwest",
+            "aiosonic",
+            "niquests",
+            "httpx",
             "msgspec",
             "uvloop",
             "faststream",

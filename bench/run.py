@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -24,12 +25,21 @@ import aiohttp
 
 from bench import kafka, relay
 from bench.adaptive import adaptive_section
+from bench.ceilings.consume_latency import describe_consumer, relay_fetch_timeout_ms
 from bench.memory_stuck import memory_stuck
-from bench.procs import Proc, Usage, install_signal_handlers, python_module, stop_all
-from bench.report import Noise, Row, Section, machine, mib, num, throughput_section
-from bench.sinks import NginxSink, SandboxSink, Sink, SinkStats, nginx_binary, total_stats
-from bench.workload import VENDOR
-from service.config import parse_config
+from bench.procs import Proc, Usage, install_signal_handlers, python_module, stop_all, usage
+from bench.report import Noise, Row, Section, busy_s, machine, mib, num, throughput_section
+from bench.sinks import (
+    ConsumeCeiling,
+    NginxSink,
+    SandboxSink,
+    Sink,
+    SinkStats,
+    nginx_binary,
+    total_stats,
+)
+from bench.workload import VENDOR, expected_deliveries
+from service.config import KafkaConfig, PipelineConfig, parse_config
 from service.devtools.demo import sample_lines
 from service.devtools.embedded import EmbeddedBroker
 
@@ -44,8 +54,31 @@ SCENARIOS = (
     "workers",
     "adaptive",
 )
-CONTENDERS = ("kafka", "client", "naive", "faststream", "faststream64", "relay1", "relay5")
+# The client ceilings: contender name → the HTTP library it posts with (bench/ceilings).
+CLIENTS = {
+    "client": "aiohttp",
+    "client_pyreqwest": "pyreqwest",
+    "client_aiosonic": "aiosonic",
+    "client_niquests": "niquests",
+    "client_httpx": "httpx",
+}
+# The relay with its transport set (`http.transport`); `relay1` runs the relay's default.
+RELAY_TRANSPORTS = {"relay1_aiohttp": "aiohttp", "relay1_pyreqwest": "pyreqwest"}
+CONTENDERS = (
+    "kafka",
+    *CLIENTS,
+    "naive",
+    "faststream",
+    "faststream64",
+    "relay1",
+    *RELAY_TRANSPORTS,
+    "relay5",
+)
+# Run by default only in the nginx scenario (where the sink is not the limit); the throughput
+# scenario runs them only when named with --only, to keep `make bench` within its time.
+NGINX_DEFAULT = frozenset({*CLIENTS, *RELAY_TRANSPORTS} - {"client"})
 POLL_S = 0.1
+MACHINE = "machine"  # watch()'s key for every process's CPU (/proc/stat)
 
 
 @dataclass
@@ -55,12 +88,13 @@ class Settings:
     events: int
     concurrency: int
     max_s: float  # per contender, from its first delivery
+    max_s_5: float = 300.0  # per five-vendor run: long enough to finish its backlog
     startup_s: float = 60.0  # per contender, to its first delivery
     latencies_ms: tuple[int, ...] = (0, 20)
     latency_rate: float = 1000.0
     latency_s: float = 20.0
     latency_warmup_s: float = 5.0
-    latency_contenders: tuple[str, ...] = ("relay1", "naive", "faststream64")
+    latency_contenders: tuple[str, ...] = ("ceiling", "relay1", "naive", "faststream64")
     memory_backlogs: tuple[int, ...] = (10_000, 1_000_000)
     memory_latency_ms: int = 50
     memory_s: float = 30.0
@@ -69,6 +103,7 @@ class Settings:
     rate_s: float = 20.0
     workers: int = 2
     only: tuple[str, ...] = CONTENDERS
+    only_given: bool = False  # --only named the contenders (NGINX_DEFAULT ones run anywhere)
     sink: str = "sandbox"
 
 
@@ -81,6 +116,9 @@ class Measured:
     peak_rss_bytes: int | None
     completed: bool
     error: str = ""
+    # CPU s of other processes (sink, broker) over the same window, when asked for.
+    others_cpu_s: dict[str, float] = field(default_factory=dict)
+    cpu_window_s: float = 0.0  # wall time the CPU figures span (poll to poll)
 
     @property
     def window_s(self) -> float:
@@ -113,26 +151,39 @@ async def watch(
     max_s: float,
     tree: bool = False,
     startup_s: float = 60.0,
+    others: dict[str, tuple[int, bool]] | None = None,
 ) -> Measured:
     """Poll the sinks and the process until `expected` deliveries, the time limit or an exit.
 
     CPU is the process's (tree's) user + system time from the last poll before the first
-    delivery to the end; peak RSS is VmHWM (summed over the tree).
+    delivery to the end; peak RSS is VmHWM (summed over the tree). `others` (name → pid, whole
+    tree?) are read over the same window, to show where the rest of the cores went.
     """
     started = time.monotonic()
     first_seen: float | None = None
     cpu_start: float | None = None
+    cpu_start_at = cpu_end_at = started
     last: Usage | None = None
+    others = others or {}
+    others_start: dict[str, float] = {}
+    others_last: dict[str, float] = {}
     error = ""
     while True:
         stats = await total_stats(sinks)
         now = time.monotonic()
-        usage = proc.usage(tree)
-        if usage is not None:
-            last = usage
+        used = proc.usage(tree)
+        if used is not None:
+            last, cpu_end_at = used, now
+        for other, (pid, other_tree) in others.items():
+            other_usage = usage(pid, other_tree)
+            if other_usage is not None:
+                others_last[other] = other_usage.cpu_s
+        if others:  # every process on the machine, for what the named ones leave out
+            others_last[MACHINE] = busy_s()
         if stats.accepted == 0:
-            if usage is not None:
-                cpu_start = usage.cpu_s
+            if used is not None:
+                cpu_start, cpu_start_at = used.cpu_s, now
+            others_start.update(others_last)
             if now - started > startup_s:
                 error = f"no delivery within {startup_s:.0f}s"
                 break
@@ -148,8 +199,15 @@ async def watch(
             break
         await asyncio.sleep(POLL_S)
     cpu_s = last.cpu_s - cpu_start if last is not None and cpu_start is not None else None
+    others_cpu_s = {k: v - others_start[k] for k, v in others_last.items() if k in others_start}
     return Measured(
-        stats, cpu_s, last.hwm_bytes if last else None, stats.accepted >= expected, error
+        stats,
+        cpu_s,
+        last.hwm_bytes if last else None,
+        stats.accepted >= expected,
+        error,
+        others_cpu_s,
+        cpu_end_at - cpu_start_at,
     )
 
 
@@ -201,6 +259,7 @@ class Bench:
         self.session = session
         self.report = Report()
         self._n = 0
+        self._transports: dict[str, tuple[bool, str]] = {}
 
     def name(self, what: str) -> str:
         """A unique name for a topic, group or file."""
@@ -251,15 +310,20 @@ class Bench:
         ready: Callable[[Proc], Awaitable[None]] | None = None,
         tree: bool = False,
         max_s: float | None = None,
+        others: bool = False,
     ) -> tuple[Row, Measured]:
-        """Start a contender against a started sink, measure it, stop both."""
+        """Start a contender against a started sink, measure it, stop both.
+
+        `others`: also read the sink's and the broker's CPU over the same window.
+        """
         print(f"  {name} ...", flush=True)
         proc = start(sink)
+        watched = self.others_pids(sink) if others else None
         try:
             if ready is not None:
                 await ready(proc)
             measured = await watch(
-                proc, [sink], expected, max_s or self.s.max_s, tree, self.s.startup_s
+                proc, [sink], expected, max_s or self.s.max_s, tree, self.s.startup_s, watched
             )
         finally:
             proc.stop(timeout_s=30)
@@ -274,6 +338,22 @@ class Bench:
             flush=True,
         )
         return row, measured
+
+    def others_pids(self, sink: Sink) -> dict[str, tuple[int, bool]]:
+        """The sink's process tree (nginx: master and worker) and the broker's process."""
+        pids = {f"sink ({sink.name})": (sink.proc.pid, True)}
+        broker = getattr(self.broker, "_process", None)  # EmbeddedBroker keeps its Popen there
+        if broker is not None:
+            pids["broker"] = (broker.pid, False)
+        return pids
+
+    def transport(self, transport: str) -> tuple[bool, str]:
+        """Whether the relay accepts `http.transport: <transport>` (asked once per run)."""
+        if transport not in self._transports:
+            self._transports[transport] = relay.transport_support(
+                self.work, self.broker.bootstrap, transport
+            )
+        return self._transports[transport]
 
     def kafka_ceiling(self, topic: str, events: int) -> Row:
         """aiokafka consume + msgspec decode (self-timed; it exits when done)."""
@@ -310,10 +390,10 @@ class Bench:
         row.note = f"failed: {proc.tail(500)!r}"
         return row
 
-    def client(self, events: int) -> Callable[[Sink], Proc]:
-        """The plain aiohttp client ceiling."""
+    def client(self, events: int, library: str = "aiohttp") -> Callable[[Sink], Proc]:
+        """A plain HTTP client ceiling (aiohttp, pyreqwest, aiosonic, niquests, httpx)."""
         return lambda sink: python_module(
-            "client",
+            f"client-{library}",
             "bench.ceilings.http_client",
             [
                 "--url",
@@ -322,8 +402,10 @@ class Bench:
                 str(events),
                 "--concurrency",
                 str(self.s.concurrency),
+                "--client",
+                library,
             ],
-            self.work / f"{self.name('client')}.log",
+            self.work / f"{self.name(f'client-{library}')}.log",
         )
 
     def naive(self, topic: str) -> Callable[[Sink], Proc]:
@@ -367,75 +449,108 @@ class Bench:
         vendors: dict[str, dict[str, Any]],
         name: str,
         extra_args: list[str] | None = None,
+        transport: str | None = None,
         **extra: Any,
     ) -> relay.RelayProcess:
-        """A relay subprocess over `topic` with these vendors."""
+        """A relay subprocess over `topic` with these vendors (and transport, None: default)."""
         config = relay.relay_config(
             self.broker.bootstrap,
             topic,
             vendors,
             relay.new_http_port(),
             self.name("relay"),
+            transport,
             **extra,
         )
         return relay.RelayProcess(self.name(name), config, self.work, extra_args)
 
-    def relay1(self, topic: str, **vendor_extra: Any) -> Callable[[Sink], Proc]:
-        """conversion-relay with one vendor pointed at the sink."""
+    def relay1(
+        self, topic: str, transport: str | None = None, **vendor_extra: Any
+    ) -> Callable[[Sink], Proc]:
+        """conversion-relay with one vendor pointed at the sink (transport None: its default)."""
 
         def start(sink: Sink) -> Proc:
             vendors = relay.single_vendor(sink.base_url, self.s.concurrency, **vendor_extra)
-            return self.relay_proc(topic, vendors, "relay1").proc
+            return self.relay_proc(topic, vendors, "relay1", transport=transport).proc
 
         return start
 
-    async def relay5(self, topic: str, latency_ms: float, lines: list[bytes]) -> Row:
-        """conversion-relay with all five vendors, each to its own strict sandbox."""
-        print("  conversion-relay, 5 vendors ...", flush=True)
-        ports = {name: relay.new_http_port() for name in relay.FIVE_VENDORS}
-        vendors = {
-            name: relay.vendor_section(name, f"http://127.0.0.1:{port}", self.s.concurrency)
-            for name, port in ports.items()
-        }
-        proc = self.relay_proc(topic, vendors, "relay5")
-        from bench.workload import expected_deliveries
+    async def relay5(
+        self, topic: str, latency_ms: float, lines: list[bytes], sink_kind: str = "sandbox"
+    ) -> Row:
+        """conversion-relay with all five vendors: each to its own strict sandbox, or all to one
+        nginx (one location per vendor protocol, a path prefix per vendor to count them).
 
+        It runs until its whole backlog is delivered (`max_s_5`), not the single-vendor limit.
+        """
+        name = "conversion-relay, 5 vendors"
+        print(f"  {name} ({sink_kind}) ...", flush=True)
+        nginx: NginxSink | None = None
+        sinks: list[Sink] = []
+        if sink_kind == "nginx":
+            nginx = NginxSink(self.work)
+            sinks.append(nginx)
+            urls = {vendor: nginx.vendor_url(vendor) for vendor in relay.FIVE_VENDORS}
+        else:
+            ports = {vendor: relay.new_http_port() for vendor in relay.FIVE_VENDORS}
+            urls = {vendor: f"http://127.0.0.1:{port}" for vendor, port in ports.items()}
+        vendors = {
+            vendor: relay.vendor_section(vendor, url, self.s.concurrency)
+            for vendor, url in urls.items()
+        }
         parsed = parse_config(relay.relay_config(self.broker.bootstrap, topic, vendors, 1, "x"))
         per_vendor = expected_deliveries(lines, dict(parsed.vendors))
         expected = sum(per_vendor.values())
-        sinks: list[Sink] = []
+        proc = self.relay_proc(topic, vendors, "relay5")
         try:
-            for name, port in ports.items():
-                sinks.append(
-                    SandboxSink(
-                        name,
-                        self.work,
-                        self.session,
-                        latency_s=latency_ms / 1000,
-                        config_path=proc.config_path,
-                        vendor=name,
-                        port=port,
+            if nginx is not None:
+                nginx.wait_ready()
+            else:
+                for vendor, port in ports.items():
+                    sinks.append(
+                        SandboxSink(
+                            vendor,
+                            self.work,
+                            self.session,
+                            latency_s=latency_ms / 1000,
+                            config_path=proc.config_path,
+                            vendor=vendor,
+                            port=port,
+                        )
                     )
-                )
-            for sink in sinks:
-                assert isinstance(sink, SandboxSink)
-                sink.wait_ready()
+                for sink in sinks:
+                    assert isinstance(sink, SandboxSink)
+                    sink.wait_ready()
             measured = await watch(
-                proc.proc, sinks, expected, self.s.max_s, startup_s=self.s.startup_s
+                proc.proc, sinks, expected, self.s.max_s_5, startup_s=self.s.startup_s
             )
+            if nginx is not None:
+                delivered = dict(nginx.per_vendor)
+            else:
+                parts = [await sink.stats() for sink in sinks]
+                delivered = {
+                    sink.name: part.accepted for sink, part in zip(sinks, parts, strict=True)
+                }
         finally:
             proc.proc.stop(timeout_s=30)
             for sink in sinks:
                 sink.stop()
-        row = to_row(
-            "conversion-relay, 5 vendors", "relay", measured, expected, events_total=len(lines)
-        )
+        row = to_row(name, "relay", measured, expected, events_total=len(lines))
+        row.transport = relay.default_transport()
+        if not measured.completed and not measured.error:
+            # Say which limit: the backlog did not finish within --max-seconds-5.
+            row.note = row.note.replace(
+                "the time limit (", f"the 5-vendor time limit of {self.s.max_s_5:.0f}s (window "
+            )
         row.note = "; ".join(
             filter(
                 None,
                 [
-                    "deliveries per vendor "
-                    + ", ".join(f"{k} {v:,}" for k, v in per_vendor.items()),
+                    "delivered / expected per vendor "
+                    + ", ".join(
+                        f"{k} {delivered.get(k, 0):,} / {v:,}" for k, v in per_vendor.items()
+                    ),
+                    f"transport {row.transport} (default)",
                     row.note,
                 ],
             )
@@ -454,7 +569,10 @@ class Bench:
     ) -> None:
         """Every contender over the same backlog, per sink latency."""
         n = len(lines)
-        only = self.s.only
+        only = set(self.s.only)
+        if sink_kind != "nginx" and not self.s.only_given:
+            only -= NGINX_DEFAULT
+        default_transport = relay.default_transport()
         for latency_ms in latencies_ms:
             title = (
                 f"Throughput: {n:,}-event backlog, {sink_kind} sink, "
@@ -464,40 +582,88 @@ class Bench:
             rows: list[Row] = []
             if "kafka" in only and latency_ms == latencies_ms[0] and sink_kind == "sandbox":
                 rows.append(self.kafka_ceiling(topic, n))
-            plan: list[tuple[str, str, Callable[[Sink], Proc]]] = []
-            if "client" in only:
+            # (name, kind, start, transport, why it cannot run or "")
+            plan: list[tuple[str, str, Callable[[Sink], Proc], str | None, str]] = []
+            for key, library in CLIENTS.items():
+                if key in only:
+                    plan.append(
+                        (
+                            f"ceiling: {library} client (concurrency {self.s.concurrency}, "
+                            "no Kafka)",
+                            "ceiling",
+                            self.client(n, library),
+                            library,
+                            "",
+                        )
+                    )
+            if "naive" in only:
+                plan.append(("naive relay", "baseline", self.naive(topic), "aiohttp", ""))
+            fs_missing = "" if faststream_installed() else FASTSTREAM_MISSING
+            if "faststream" in only:
                 plan.append(
                     (
-                        f"ceiling: aiohttp client (concurrency {self.s.concurrency}, no Kafka)",
-                        "ceiling",
-                        self.client(n),
+                        "FastStream, default",
+                        "baseline",
+                        self.faststream(topic, None),
+                        "aiohttp",
+                        fs_missing,
                     )
                 )
-            if "naive" in only:
-                plan.append(("naive relay", "baseline", self.naive(topic)))
-            if "faststream" in only:
-                plan.append(("FastStream, default", "baseline", self.faststream(topic, None)))
             if "faststream64" in only:
                 plan.append(
                     (
                         f"FastStream, max_workers={self.s.concurrency}",
                         "baseline",
                         self.faststream(topic, self.s.concurrency),
+                        "aiohttp",
+                        fs_missing,
                     )
                 )
             if "relay1" in only:
-                plan.append(("conversion-relay, 1 vendor", "relay", self.relay1(topic)))
-            for name, kind, start in plan:
-                if name.startswith("FastStream") and not faststream_installed():
-                    rows.append(Row(name, kind, note=FASTSTREAM_MISSING))
+                plan.append(
+                    (
+                        "conversion-relay, 1 vendor",
+                        "relay",
+                        self.relay1(topic),
+                        default_transport,
+                        "",
+                    )
+                )
+            for key, transport in RELAY_TRANSPORTS.items():
+                if key not in only:
+                    continue
+                ok, message = self.transport(transport)
+                plan.append(
+                    (
+                        f"conversion-relay, 1 vendor, {transport} transport",
+                        "relay",
+                        self.relay1(topic, transport=transport),
+                        transport,
+                        ""
+                        if ok
+                        else "not available: the relay's config does not accept "
+                        f"`http.transport: {transport}` yet ({message})",
+                    )
+                )
+            for name, kind, start, http_library, missing in plan:
+                if missing:
+                    rows.append(Row(name, kind, note=missing, transport=http_library))
                     continue
                 row, _ = await self.run_http(name, kind, start, self.sink(sink_kind, latency_ms), n)
+                row.transport = http_library
+                if name == "conversion-relay, 1 vendor":
+                    row.note = "; ".join(
+                        filter(None, [f"transport {http_library} (default)", row.note])
+                    )
                 rows.append(row)
-            if "relay5" in only and sink_kind == "sandbox":
-                rows.append(await self.relay5(topic, latency_ms, lines))
+            if "relay5" in only:
+                rows.append(await self.relay5(topic, latency_ms, lines, sink_kind))
             notes = [
                 f"each contender stops at {self.s.max_s:.0f}s after its first delivery "
-                "(rates are over the part it did)"
+                "(rates are over the part it did); the 5-vendor relay runs until its backlog "
+                f"is delivered or {self.s.max_s_5:.0f}s",
+                "× client: against the aiohttp client ceiling; × own client: against the client "
+                "ceiling of the row's own HTTP library (the baselines use aiohttp)",
             ]
             self.report.add(throughput_section(title, rows, notes))
 
@@ -508,6 +674,7 @@ class Bench:
         plan = [
             (name, key)
             for name, key in (
+                (CONSUME_CEILING, "ceiling"),
                 ("conversion-relay, 1 vendor", "relay1"),
                 ("naive relay", "naive"),
                 (f"FastStream, max_workers={s.concurrency}", "faststream64"),
@@ -515,6 +682,7 @@ class Bench:
             if key in s.latency_contenders
         ]
         print(f"\n== Latency at {s.latency_rate:.0f} events/s", flush=True)
+        fetch_ms, fetch_from = relay_fetch_timeout_ms()
         for name, key in plan:
             if key == "faststream64" and not faststream_installed():
                 rows.append([name, "–", "–", "–", "–", "–", FASTSTREAM_MISSING])
@@ -522,21 +690,30 @@ class Bench:
             print(f"  {name} ...", flush=True)
             topic = self.name("steady")
             await kafka.make_topic(self.broker.bootstrap, topic)
-            sink = self.sandbox("latency-sink", 0, latency_samples=True)
+            relay_run = None
+            ceiling: ConsumeCeiling | None = None
+            sink: Sink
+            if key == "ceiling":
+                # No sink: the consumer reports its own samples, served as a sink serves them.
+                ceiling = self.consume_ceiling(topic)
+                sink, proc = ceiling, ceiling.proc
+            else:
+                sink = self.sandbox("latency-sink", 0, latency_samples=True)
             starters: dict[str, Callable[[Sink], Proc]] = {
                 "naive": self.naive(topic),
                 "faststream64": self.faststream(topic, s.concurrency),
             }
-            relay_run = None
             if key == "relay1":
                 vendors = relay.single_vendor(sink.base_url, s.concurrency)
                 relay_run = self.relay_proc(topic, vendors, "latency-relay1")
                 proc = relay_run.proc
-            else:
+            elif ceiling is None:
                 proc = starters[key](sink)
             try:
                 if relay_run is not None:
                     await relay_run.wait_ready()  # joined its group
+                elif ceiling is not None:
+                    await ceiling.wait_ready()  # holds its partitions
                 else:
                     await asyncio.sleep(3.0)  # no readiness signal: time to join the group
                 duration_s = s.latency_warmup_s + s.latency_s
@@ -565,7 +742,8 @@ class Bench:
                     f"{len(kept):,} / {sent:,}",
                     *(num(percentile(kept, q), 1) for q in (50, 95, 99)),
                     num(max(kept, default=None), 1),
-                    f"{stats.accepted:,} of {sent:,} delivered",
+                    f"{stats.accepted:,} of {sent:,} "
+                    + ("consumed" if ceiling is not None else "delivered"),
                 ]
             )
         self.report.add(
@@ -576,10 +754,45 @@ class Bench:
                 rows,
                 [
                     "from the Kafka record timestamp (set by the producer at send, = the event's "
-                    "occurred_at) to the sink's receipt"
+                    "occurred_at) to the sink's receipt",
+                    f"{CONSUME_CEILING}: the relay's consumer settings "
+                    "(service.kafka.consumer_kwargs of the same generated config) polled as the "
+                    f"pipeline polls, getmany(timeout_ms={fetch_ms}, max_records="
+                    f"{PipelineConfig().max_in_flight}) (timeout {fetch_from}; max_records = "
+                    "pipeline.max_in_flight, an idle pipeline's room); record timestamp to the "
+                    "moment the decoded record is in hand, no HTTP; consumer: "
+                    + describe_consumer(self.latency_kafka_config()),
+                    kafka.steady_producer_settings()
+                    + " (the producer's waiting is in every row, as a user's producer's would be)",
                 ],
             )
         )
+
+    def latency_kafka_config(self) -> KafkaConfig:
+        """The Kafka settings every latency contender's generated relay config has."""
+        probe = relay.relay_config(
+            self.broker.bootstrap,
+            "probe",
+            relay.single_vendor("http://127.0.0.1:9", self.s.concurrency),
+            relay.new_http_port(),
+            "probe",
+        )
+        return parse_config(probe).kafka
+
+    def consume_ceiling(self, topic: str) -> ConsumeCeiling:
+        """The produce → consume ceiling over `topic`, with the latency relay's exact config."""
+        config = relay.relay_config(
+            self.broker.bootstrap,
+            topic,
+            relay.single_vendor("http://127.0.0.1:9", self.s.concurrency),
+            relay.new_http_port(),
+            self.name("relay"),
+        )
+        name = self.name("latency-ceiling")
+        path = relay.write_config(self.work / f"{name}.yaml", config)
+        # The group id a vendor pipeline would use (group_prefix.vendor), fresh per run.
+        group = f"{config['kafka']['group_prefix']}.{VENDOR}"
+        return ConsumeCeiling(name, self.work, self.session, path, group)
 
     async def memory(self) -> None:
         """Peak RSS of the relay over a small and a huge backlog, vendor slow."""
@@ -660,7 +873,7 @@ class Bench:
         count = int(s.rate_limit_per_s * (s.rate_s + 15))
         topic, _ = await self.backlog(count)
         sink = self.sandbox("rate-sink", 0, rate_limit_per_s=s.rate_sink_limit_per_s)
-        proc = self.relay1(topic, **limit)(sink)
+        proc = self.relay1(topic, rate_limit=limit["rate_limit"])(sink)
         try:
             measured = await watch(proc, [sink], count, s.rate_s + 1, startup_s=s.startup_s)
             samples = await sink.samples()
@@ -735,6 +948,7 @@ class Bench:
             )
             return
         rows = []
+        spent: list[tuple[int, Measured]] = []
         for count in (1, s.workers):
             args: list[str] = []
             extra: dict[str, Any] = {}
@@ -749,15 +963,17 @@ class Bench:
                 vendors = relay.single_vendor(sink.base_url, s.concurrency)
                 return self.relay_proc(topic, vendors, "workers", args, **extra).proc
 
-            row, _ = await self.run_http(
+            row, measured = await self.run_http(
                 f"conversion-relay, {count} worker(s)",
                 "relay",
                 start,
                 self.sink(sink_kind, 0),
                 len(lines),
                 tree=True,
+                others=True,
             )
             rows.append(row)
+            spent.append((count, measured))
         section = throughput_section(
             title, rows, [f"workers set with {how}; CPU and peak RSS summed over the process tree"]
         )
@@ -766,6 +982,7 @@ class Bench:
                 f"{s.workers} workers / 1 worker: "
                 f"{rows[1].deliveries_per_s / rows[0].deliveries_per_s:.2f}×"
             )
+        section.notes.extend(cores_notes(spent))
         self.report.add(section)
 
     def workers_support(self) -> str | None:
@@ -790,6 +1007,7 @@ class Bench:
         return None
 
 
+CONSUME_CEILING = "ceiling: produce → consume (no HTTP)"
 FASTSTREAM_MISSING = "not run: FastStream is not installed (bench/setup.sh installs it)"
 
 
@@ -800,12 +1018,68 @@ def faststream_installed() -> bool:
     return importlib.util.find_spec("faststream") is not None
 
 
+def cores_notes(spent: list[tuple[int, Measured]]) -> list[str]:
+    """Where the machine's cores went in each workers run: relay, sink and broker CPU seconds
+    over the same window (from the last poll before the first delivery to the end)."""
+    cores = os.cpu_count() or 1
+    notes = []
+    for count, measured in spent:
+        wall_s = measured.cpu_window_s
+        if measured.cpu_s is None or wall_s <= 0:
+            continue
+        parts = {"relay": measured.cpu_s, **measured.others_cpu_s}
+        total = parts.pop(MACHINE, None)
+        if total is not None:
+            parts["the rest (harness, other work)"] = max(0.0, total - sum(parts.values()))
+        else:
+            total = sum(parts.values())
+        shown = ", ".join(f"{name} {cpu_s:.2f}" for name, cpu_s in parts.items())
+        busy = total / wall_s
+        verdict = (
+            "the cores were full: the machine limits the scaling"
+            if busy >= 0.9 * cores
+            else "the cores were not full: the relay limits it (a process uses one core at most)"
+        )
+        notes.append(
+            f"{count} worker(s), CPU s over the {wall_s:.1f} s its CPU was measured: {shown}; "
+            f"{busy:.2f} of the machine's {cores} cores busy, {verdict}"
+        )
+    return notes
+
+
 def percentile(sorted_values: list[float], q: float) -> float | None:
     """The q-th percentile (nearest rank) of sorted values."""
     if not sorted_values:
         return None
     rank = max(1, round(q / 100 * len(sorted_values)))
     return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+async def run_scenario(
+    bench: Bench, scenario: str, shared: tuple[str, list[bytes] | None] | None
+) -> None:
+    """One scenario (those over the shared backlog need it)."""
+    settings = bench.s
+    lines = shared[1] if shared is not None else None
+    if scenario == "throughput" and shared is not None and lines is not None:
+        await bench.throughput(settings.sink, settings.latencies_ms, shared[0], lines)
+    elif scenario == "nginx" and shared is not None and lines is not None:
+        if nginx_binary() is None:
+            print("nginx is not installed (bench/setup.sh): skipping the nginx sink", flush=True)
+        else:
+            await bench.throughput("nginx", (0,), shared[0], lines)
+    elif scenario == "latency":
+        await bench.latency()
+    elif scenario == "memory":
+        await bench.memory()
+    elif scenario == "memory_stuck":
+        await memory_stuck(bench)
+    elif scenario == "ratelimit":
+        await bench.ratelimit()
+    elif scenario == "workers" and shared is not None and lines is not None:
+        await bench.workers(shared[0], lines)
+    elif scenario == "adaptive":  # quick runs have max_s of a few seconds
+        bench.report.add(await adaptive_section(quick=settings.max_s < 10))
 
 
 async def run(settings: Settings, scenarios: list[str]) -> str:
@@ -815,34 +1089,20 @@ async def run(settings: Settings, scenarios: list[str]) -> str:
     print(f"logs and configs: {work}", flush=True)
     broker = EmbeddedBroker(log_path=work / "broker.log")
     broker.start()
+    took: dict[str, float] = {}  # seconds per scenario, for planning a full run's time
     try:
         async with aiohttp.ClientSession() as session:
             bench = Bench(settings, broker, work, session)
             shared: tuple[str, list[bytes] | None] | None = None
+            began = time.monotonic()
             if {"throughput", "nginx", "workers"} & set(scenarios):
                 shared = await bench.backlog(settings.events)
-            if "throughput" in scenarios and shared is not None and shared[1] is not None:
-                await bench.throughput(settings.sink, settings.latencies_ms, shared[0], shared[1])
-            if "nginx" in scenarios and shared is not None and shared[1] is not None:
-                if nginx_binary() is None:
-                    print(
-                        "nginx is not installed (bench/setup.sh): skipping the nginx sink",
-                        flush=True,
-                    )
-                else:
-                    await bench.throughput("nginx", (0,), shared[0], shared[1])
-            if "latency" in scenarios:
-                await bench.latency()
-            if "memory" in scenarios:
-                await bench.memory()
-            if "memory_stuck" in scenarios:
-                await memory_stuck(bench)
-            if "ratelimit" in scenarios:
-                await bench.ratelimit()
-            if "workers" in scenarios and shared is not None and shared[1] is not None:
-                await bench.workers(shared[0], shared[1])
-            if "adaptive" in scenarios:  # quick runs have max_s of a few seconds
-                bench.report.add(await adaptive_section(quick=settings.max_s < 10))
+            took["backlog preload"] = time.monotonic() - began
+            for scenario in scenarios:
+                began = time.monotonic()
+                await run_scenario(bench, scenario, shared)
+                took[scenario] = time.monotonic() - began
+                print(f"  ({scenario}: {took[scenario]:.0f}s)", flush=True)
     finally:
         stop_all()
         broker.stop()
@@ -854,6 +1114,7 @@ async def run(settings: Settings, scenarios: list[str]) -> str:
             "",
             *machine(noise),
             f"- command: `python -m bench.run {' '.join(sys.argv[1:])}`",
+            "- seconds per scenario: " + ", ".join(f"{k} {v:.0f}" for k, v in took.items()),
             "",
             *(section.markdown() for section in bench.report.sections),
         ]
@@ -891,6 +1152,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path
         help="per contender, from its first delivery (default 60; quick 4)",
     )
     parser.add_argument(
+        "--max-seconds-5",
+        type=float,
+        help="per 5-vendor run, from its first delivery: long enough to deliver the whole "
+        "backlog (default 300; quick 60)",
+    )
+    parser.add_argument(
         "--memory-backlog",
         type=int,
         action="append",
@@ -920,9 +1187,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path
             events=args.events or 1_500,
             concurrency=args.concurrency,
             max_s=args.max_seconds or 4.0,
+            max_s_5=args.max_seconds_5 or 60.0,
             latency_s=4.0,
             latency_warmup_s=1.0,
-            latency_contenders=("relay1",),
+            latency_contenders=("ceiling", "relay1"),
             latencies_ms=(0,),
             memory_backlogs=tuple(args.memory_backlog or (1_500, 15_000)),
             memory_s=4.0,
@@ -935,6 +1203,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path
             events=args.events or 50_000,
             concurrency=args.concurrency,
             max_s=args.max_seconds or 60.0,
+            max_s_5=args.max_seconds_5 or 300.0,
             memory_backlogs=tuple(args.memory_backlog or (10_000, 1_000_000)),
         )
         output = args.output or RESULTS
@@ -946,8 +1215,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path
         settings.latencies_ms = (0,)
     if args.only:
         settings.only = tuple(args.only)
+        settings.only_given = True
     settings.memory_s = min(settings.memory_s, settings.max_s)
-    scenarios = args.scenario or list(SCENARIOS)
+    # Always in SCENARIOS' order (and once each), whatever the order of --scenario.
+    scenarios = [s for s in SCENARIOS if s in (args.scenario or SCENARIOS)]
     if args.quick and not args.scenario:
         scenarios = [s for s in SCENARIOS if s != "nginx"]
     return settings, scenarios, output

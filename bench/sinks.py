@@ -19,6 +19,7 @@ from bench.procs import Proc, python_module, wait_port
 from service.net import free_port
 
 NGINX_CONF = Path(__file__).with_name("nginx.conf")
+VENDOR_PREFIX = "/v/"  # nginx.conf's per-vendor path prefix of the five-vendor run
 
 
 @dataclass
@@ -53,7 +54,42 @@ class Sink(Protocol):
         ...
 
 
-class SandboxSink:
+class StatsClient:
+    """Reads `GET /_bench/stats` and `/_bench/samples` from a process that serves them."""
+
+    name: str
+    base_url: str
+    proc: Proc
+    _session: aiohttp.ClientSession
+
+    async def _get(self, path: str) -> Any:
+        async with self._session.get(self.base_url + path) as resp:
+            resp.raise_for_status()
+            return await resp.json()
+
+    async def stats(self) -> SinkStats:
+        """Counts so far."""
+        data = await self._get("/_bench/stats")
+        return SinkStats(
+            data["accepted"],
+            data["refused"],
+            data["first_s"],
+            data["last_s"],
+            data["statuses"],
+            data["refusals"],
+        )
+
+    async def samples(self) -> dict[str, list[float]]:
+        """Receipt times and latencies."""
+        result: dict[str, list[float]] = await self._get("/_bench/samples")
+        return result
+
+    def stop(self) -> None:
+        """Stop the process."""
+        self.proc.stop(timeout_s=5)
+
+
+class SandboxSink(StatsClient):
     """`python -m bench.sink`: the relay's strict sandbox for one vendor, in its own process."""
 
     def __init__(
@@ -86,31 +122,35 @@ class SandboxSink:
         """Wait until it listens."""
         wait_port(self.port, 30, self.proc)
 
-    async def _get(self, path: str) -> Any:
-        async with self._session.get(self.base_url + path) as resp:
-            resp.raise_for_status()
-            return await resp.json()
 
-    async def stats(self) -> SinkStats:
-        """Counts so far."""
-        data = await self._get("/_bench/stats")
-        return SinkStats(
-            data["accepted"],
-            data["refused"],
-            data["first_s"],
-            data["last_s"],
-            data["statuses"],
-            data["refusals"],
+class ConsumeCeiling(StatsClient):
+    """`python -m bench.ceilings.consume_latency`: the latency scenario's produce → consume
+    ceiling. It has no sink: it counts the records it consumes and serves the same
+    `/_bench/stats` and `/_bench/samples` as the sandbox sink, so the harness reads it alike."""
+
+    def __init__(
+        self, name: str, log_dir: Path, session: aiohttp.ClientSession, config: Path, group: str
+    ) -> None:
+        self.name = name
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._session = session
+        args = ["--config", str(config), "--group", group, "--port", str(self.port)]
+        self.proc = python_module(
+            name, "bench.ceilings.consume_latency", args, log_dir / f"{name}.log"
         )
 
-    async def samples(self) -> dict[str, list[float]]:
-        """Receipt times and latencies."""
-        result: dict[str, list[float]] = await self._get("/_bench/samples")
-        return result
-
-    def stop(self) -> None:
-        """Stop the process."""
-        self.proc.stop(timeout_s=5)
+    async def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Wait until its consumer has joined the group and holds partitions."""
+        wait_port(self.port, timeout_s, self.proc)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            if (await self._get("/_bench/stats")).get("ready"):
+                return
+            if not self.proc.alive():
+                break
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready within {timeout_s}s:\n{self.proc.tail()}")
 
 
 def nginx_binary() -> str | None:
@@ -121,7 +161,8 @@ def nginx_binary() -> str | None:
 
 
 class NginxSink:
-    """nginx answering the goal-reach path with 200 (`return 200;`), counted by its access log."""
+    """nginx answering every vendor protocol's path as that vendor would (bench/nginx.conf),
+    counted by its access log: one `$msec $status $uri` line per answered request."""
 
     def __init__(self, log_dir: Path) -> None:
         binary = nginx_binary()
@@ -140,13 +181,14 @@ class NginxSink:
         self._partial = b""
         self._stats = SinkStats()
         self._receipts: list[float] = []
+        self.per_vendor: dict[str, int] = {}  # accepted requests by /v/<vendor> prefix
         self.proc = Proc(
             "nginx", [binary, "-p", str(self._prefix), "-c", str(conf_path)], log_dir / "nginx.log"
         )
 
-    def wait_ready(self) -> None:
-        """Wait until it listens."""
-        wait_port(self.port, 15, self.proc)
+    def vendor_url(self, vendor: str) -> str:
+        """A base URL whose requests nginx counts for `vendor` (the five-vendor run)."""
+        return f"{self.base_url}{VENDOR_PREFIX}{vendor}"
 
     def _read_log(self) -> None:
         try:
@@ -160,16 +202,28 @@ class NginxSink:
         self._partial = lines.pop()
         stats = self._stats
         for line in lines:
-            at_s = float(line)
+            at, status, uri = line.decode("ascii", "replace").split(" ", 2)
+            stats.statuses[status] = stats.statuses.get(status, 0) + 1
+            if not status.startswith("2"):
+                if len(stats.refusals) < 5:
+                    stats.refusals.append(f"{status} {uri[:200]}")
+                continue
+            at_s = float(at)
             self._receipts.append(at_s)
             if not stats.first_s:
                 stats.first_s = at_s
             stats.last_s = max(stats.last_s, at_s)
-        stats.accepted += len(lines)
-        stats.statuses["200"] = stats.accepted
+            stats.accepted += 1
+            if uri.startswith(VENDOR_PREFIX):
+                vendor = uri[len(VENDOR_PREFIX) :].partition("/")[0]
+                self.per_vendor[vendor] = self.per_vendor.get(vendor, 0) + 1
+
+    def wait_ready(self) -> None:
+        """Wait until it listens."""
+        wait_port(self.port, 15, self.proc)
 
     async def stats(self) -> SinkStats:
-        """Counts so far (the access log holds one line per answered goal-reach request)."""
+        """Counts so far (accepted: answered 2xx; the rest only in `statuses`)."""
         self._read_log()
         return self._stats
 
