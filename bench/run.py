@@ -25,7 +25,7 @@ import aiohttp
 
 from bench import kafka, relay
 from bench.adaptive import adaptive_section
-from bench.ceilings.consume_latency import describe_consumer, relay_fetch_timeout_ms
+from bench.ceilings.consume_latency import describe_consumer
 from bench.memory_stuck import memory_stuck
 from bench.procs import Proc, Usage, install_signal_handlers, python_module, stop_all, usage
 from bench.report import Noise, Row, Section, busy_s, machine, mib, num, throughput_section
@@ -40,6 +40,7 @@ from bench.sinks import (
 )
 from bench.workload import VENDOR, expected_deliveries
 from service.config import KafkaConfig, PipelineConfig, parse_config
+from service.delivery.pipeline import POLL_TIMEOUT_MS
 from service.devtools.demo import sample_lines
 from service.devtools.embedded import EmbeddedBroker
 
@@ -682,7 +683,7 @@ class Bench:
             if key in s.latency_contenders
         ]
         print(f"\n== Latency at {s.latency_rate:.0f} events/s", flush=True)
-        fetch_ms, fetch_from = relay_fetch_timeout_ms()
+        fetch_ms = POLL_TIMEOUT_MS
         for name, key in plan:
             if key == "faststream64" and not faststream_installed():
                 rows.append([name, "–", "–", "–", "–", "–", FASTSTREAM_MISSING])
@@ -758,7 +759,7 @@ class Bench:
                     f"{CONSUME_CEILING}: the relay's consumer settings "
                     "(service.kafka.consumer_kwargs of the same generated config) polled as the "
                     f"pipeline polls, getmany(timeout_ms={fetch_ms}, max_records="
-                    f"{PipelineConfig().max_in_flight}) (timeout {fetch_from}; max_records = "
+                    f"{PipelineConfig().max_in_flight}) (max_records = "
                     "pipeline.max_in_flight, an idle pipeline's room); record timestamp to the "
                     "moment the decoded record is in hand, no HTTP; consumer: "
                     + describe_consumer(self.latency_kafka_config()),

@@ -14,12 +14,10 @@ this contender and the sinks alike; `stats` also says `ready` once partitions ar
 from __future__ import annotations
 
 import argparse
-import ast
 import asyncio
 import contextlib
 import inspect
 import signal
-import textwrap
 import time
 from array import array
 from pathlib import Path
@@ -31,42 +29,6 @@ from service.config import KafkaConfig, load_config
 from service.delivery import pipeline
 from service.events import decode_event
 from service.kafka import consumer_kwargs
-
-# Used only when the pipeline's fetch loop cannot be read (the ceiling then says so).
-FALLBACK_TIMEOUT_MS = 200
-
-
-def relay_fetch_timeout_ms() -> tuple[int, str]:
-    """The `timeout_ms` the relay's fetch loop passes to `getmany`, read from its source.
-
-    The value is a local of `VendorPipeline._fetch_loop` (no constant to import), so it is read
-    from the code: the keyword's literal, or the first literal assigned to the name it passes.
-    Returns (milliseconds, where it came from).
-    """
-    try:
-        source = textwrap.dedent(inspect.getsource(pipeline.VendorPipeline._fetch_loop))
-        tree = ast.parse(source)
-    except (AttributeError, OSError, TypeError, SyntaxError) as exc:
-        return FALLBACK_TIMEOUT_MS, f"assumed {FALLBACK_TIMEOUT_MS} ms ({exc!r})"
-    literals: dict[str, int] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
-            for target in node.targets:
-                if isinstance(target, ast.Name) and isinstance(node.value.value, int):
-                    literals.setdefault(target.id, node.value.value)
-    for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "getmany"):
-            continue
-        for keyword in node.keywords:
-            if keyword.arg != "timeout_ms":
-                continue
-            value = keyword.value
-            if isinstance(value, ast.Constant) and isinstance(value.value, int):
-                return value.value, "read from VendorPipeline._fetch_loop"
-            if isinstance(value, ast.Name) and value.id in literals:
-                return literals[value.id], "read from VendorPipeline._fetch_loop"
-    return FALLBACK_TIMEOUT_MS, f"assumed {FALLBACK_TIMEOUT_MS} ms (not found in _fetch_loop)"
-
 
 # aiokafka's fetch settings that decide how long a fetch waits for records; shown with the value
 # in force (the relay's when consumer_kwargs sets one, aiokafka's default otherwise).
@@ -133,7 +95,7 @@ class Recorder:
 async def consume(args: argparse.Namespace) -> None:
     """Consume until SIGTERM, recording each record's delay."""
     config = load_config(Path(args.config))
-    timeout_ms, _ = relay_fetch_timeout_ms()
+    timeout_ms = pipeline.POLL_TIMEOUT_MS
     max_records = config.pipeline.max_in_flight
     recorder = Recorder()
     app = web.Application()

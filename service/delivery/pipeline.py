@@ -48,6 +48,8 @@ _WARNED_BEFORE = frozenset({"invalid_event", "unreadable_record"})
 # A fetch task that dies this many times in a row ends the pipeline (its owner starts a fresh
 # consumer, as after the broker vanished).
 _FETCH_ESCALATE_AFTER = 5
+# How long one `getmany` waits for records (it returns as soon as the fetcher has some).
+POLL_TIMEOUT_MS = 200
 # How long a record whose dead letter could not be written (a bug) waits before trying again.
 _INTERNAL_RETRY_S = 5.0
 
@@ -338,7 +340,7 @@ class VendorPipeline:
             metrics.flush()
             self._in_flight_gauge.set(self.in_flight)
             flow.update(self._windows, self._sender.sending_blocked())
-            timeout_ms = 200
+            timeout_ms = POLL_TIMEOUT_MS
             if flow.all_paused:
                 # Nothing to fetch until records finish; still poll, or the group drops us.
                 self._capacity.clear()
