@@ -52,6 +52,10 @@ _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 # Characters kept as they are when a request target must be percent-encoded.
 _TARGET_SAFE: Final = "!#$%&'()*+,-./:;=?@[]_~"
 _USER_AGENT: Final = "conversion-relay"
+# An idle connection older than this is closed rather than reused (aiohttp's default too): a NAT
+# or load balancer may forget a quiet flow without a FIN, and a request written into it would
+# hang until its timeout instead of going out on a live connection.
+IDLE_TIMEOUT_S = 15.0
 
 
 def tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
@@ -83,6 +87,7 @@ class _Conn(asyncio.Protocol):
         "header_count",
         "headers",
         "headers_done",
+        "idle_since",
         "keep_alive",
         "origin",
         "parser",
@@ -99,6 +104,7 @@ class _Conn(asyncio.Protocol):
         self.reused = False
         self.fut: asyncio.Future[VendorResponse] | None = None
         self.keep_alive = False
+        self.idle_since = 0.0
         self._reset()
 
     def _reset(self) -> None:
@@ -140,8 +146,8 @@ class _Conn(asyncio.Protocol):
                 )
         self.close(abort=True)
 
-    def finish(self) -> None:
-        """After the caller has its answer or error: back to the pool, or closed."""
+    def finish(self, now: float) -> None:
+        """After the caller has its answer or error: to the pool (idle from `now`), or closed."""
         if self.fut is not None:  # the caller left mid-exchange (cancelled): the stream is unusable
             self.fut = None
             self.close(abort=True)
@@ -149,6 +155,7 @@ class _Conn(asyncio.Protocol):
             self.close()
         else:
             self.reused = True
+            self.idle_since = now
             self.origin.release(self)
 
     def close(self, *, abort: bool = False) -> None:
@@ -402,8 +409,11 @@ class _Origin:
             if not fresh:
                 while self.idle:
                     conn = self.idle.pop()
-                    if conn.alive:
+                    if conn.alive and loop.time() - conn.idle_since <= IDLE_TIMEOUT_S:
                         return conn
+                    conn.close()
+            elif self.open >= self.limit and self.idle:
+                self.idle[0].close()  # the longest idle makes room for the fresh connection
             if self.open < self.limit:
                 self.open += 1
                 try:
@@ -565,17 +575,20 @@ class H1Transport:
             head = f"{method} {target} HTTP/1.1\r\n{block}\r\n"
         data = head.encode() + body
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_s
+        now = loop.time()
+        deadline = now + self.timeout_s
         retried = False
         while True:
             idle = origin.idle
-            conn = idle.pop() if idle else None
-            if conn is None or not conn.alive:
+            conn = idle.pop() if idle and not retried else None
+            if conn is None or not conn.alive or now - conn.idle_since > IDLE_TIMEOUT_S:
+                if conn is not None:
+                    conn.close()
                 conn = await origin.acquire(deadline, fresh=retried)
             fut: asyncio.Future[VendorResponse] = loop.create_future()
-            conn.begin(fut, data)
             timer = loop.call_at(deadline, conn.expire)
             try:
+                conn.begin(fut, data)
                 return await fut
             except _StaleConnection:
                 if retried:
@@ -583,7 +596,7 @@ class H1Transport:
                 retried = True
             finally:
                 timer.cancel()
-                conn.finish()
+                conn.finish(loop.time())
 
     async def aclose(self) -> None:
         """Close every connection; later sends fail as unreachable."""

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from service.core.exchange import VendorRequest
+from service.delivery import h1 as h1_module
 from service.delivery.h1 import MAX_HEADER_COUNT, H1Transport, tls_context
 from service.errors import VendorTimeout, VendorUnreachable
 from service.net import free_port
@@ -631,6 +632,33 @@ async def test_a_reused_connection_closed_before_any_answer_byte_is_retried_once
     assert (await h1.send(post(server.url, b"2"))).body == b"ok"
     assert server.connections == 2
     assert [r.rpartition(b"\r\n\r\n")[2] for r in server.requests] == [b"1", b"2", b"2"]
+
+
+async def test_the_retry_goes_out_on_a_fresh_connection_not_another_idle_one(
+    raw_server: RawFactory, h1: H1Transport
+) -> None:
+    """Idle connections closed together (a server's idle sweep): the retry connects anew."""
+    server = await raw_server(lambda conn, req: Reply(OK) if req == 0 else Reply(close=True))
+    await asyncio.gather(h1.send(post(server.url)), h1.send(post(server.url)))
+    assert server.connections == 2  # both now idle, both answer nothing more
+    assert (await h1.send(post(server.url))).body == b"ok"
+    assert server.connections == 3
+    assert len(server.requests) == 4  # 2, then the stale attempt and its one retry
+
+
+async def test_a_connection_idle_too_long_is_closed_instead_of_reused(
+    raw_server: RawFactory, h1: H1Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the idle timeout a connection is not trusted (a NAT may have dropped it silently)."""
+    monkeypatch.setattr(h1_module, "IDLE_TIMEOUT_S", 0.05)
+    server = await raw_server(always(OK))
+    await h1.send(post(server.url))
+    await h1.send(post(server.url))
+    assert server.connections == 1  # reused while fresh
+    await asyncio.sleep(0.1)
+    await h1.send(post(server.url))
+    assert server.connections == 2
+    await asyncio.wait_for(server.closed_by_peer.wait(), 2)  # and the old one was closed
 
 
 async def test_the_retry_happens_once_and_never_on_a_fresh_connection(
