@@ -56,6 +56,9 @@ _USER_AGENT: Final = "conversion-relay"
 # or load balancer may forget a quiet flow without a FIN, and a request written into it would
 # hang until its timeout instead of going out on a live connection.
 IDLE_TIMEOUT_S = 15.0
+# A reused connection closing without a byte of answer this soon after the write is the idle
+# keep-alive race (the server closed it as we wrote); later, the server may have acted on it.
+STALE_WINDOW_S = 1.0
 
 
 def tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
@@ -92,6 +95,7 @@ class _Conn(asyncio.Protocol):
         "origin",
         "parser",
         "reused",
+        "sent_at",
         "status",
         "transport",
     )
@@ -105,6 +109,7 @@ class _Conn(asyncio.Protocol):
         self.fut: asyncio.Future[VendorResponse] | None = None
         self.keep_alive = False
         self.idle_since = 0.0
+        self.sent_at = 0.0
         self._reset()
 
     def _reset(self) -> None:
@@ -124,11 +129,12 @@ class _Conn(asyncio.Protocol):
 
     # -- the exchange, driven by H1Transport.send ----------------------------------------------
 
-    def begin(self, fut: asyncio.Future[VendorResponse], data: bytes) -> None:
-        """Send one request whose answer will resolve `fut`."""
+    def begin(self, fut: asyncio.Future[VendorResponse], data: bytes, now: float) -> None:
+        """Send one request (at loop time `now`) whose answer will resolve `fut`."""
         self._reset()
         self.keep_alive = False
         self.fut = fut
+        self.sent_at = now
         assert self.transport is not None
         self.transport.write(data)
 
@@ -194,10 +200,9 @@ class _Conn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Disable Nagle: a request is one write and must leave at once."""
-        # uvloop's transports are not asyncio.Transport subclasses, only shaped like one.
-        self.transport = cast(
-            asyncio.Transport, transport
-        )  # alive (and counted in the pool) once _connect registers it
+        # uvloop's transports are not asyncio.Transport subclasses, only shaped like one. The
+        # connection is alive (and counted in the pool) once _connect registers it.
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -241,11 +246,15 @@ class _Conn(asyncio.Protocol):
         if exc is None and self.headers_done and self.eof_delimited:
             self.keep_alive = False
             self._complete()
-        elif self.reused and not self.got_bytes:
+        elif (
+            self.reused
+            and not self.got_bytes
+            and asyncio.get_running_loop().time() - self.sent_at < STALE_WINDOW_S
+        ):
             # The idle keep-alive race: the server closed this idle connection as we wrote to
             # it, so it never read the request. Sending it again on a fresh connection is safe
-            # enough even for POST because no byte of an answer came back; the caller allows it
-            # once (a second failure is a real one).
+            # enough even for POST because no byte of an answer came back, at once; the caller
+            # allows it once (a second failure is a real one).
             self._fail(_StaleConnection(redact(f"{self.origin.shown} closed an idle connection")))
         else:
             reason = f" ({exc})" if exc is not None else ""
@@ -588,12 +597,13 @@ class H1Transport:
             fut: asyncio.Future[VendorResponse] = loop.create_future()
             timer = loop.call_at(deadline, conn.expire)
             try:
-                conn.begin(fut, data)
+                conn.begin(fut, data, now)
                 return await fut
             except _StaleConnection:
                 if retried:
                     raise
                 retried = True
+                now = loop.time()
             finally:
                 timer.cancel()
                 conn.finish(loop.time())

@@ -134,6 +134,7 @@ class Reply:
     data: bytes = b""
     close: bool = False  # close the connection after writing `data` (or instead of answering)
     hang: bool = False  # never answer
+    delay_s: float = 0.0  # wait this long before writing (or closing)
 
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -184,6 +185,7 @@ class RawServer:
                 reply = self.script(conn_no, req_no)
                 if reply.hang:
                     await asyncio.Event().wait()
+                await asyncio.sleep(reply.delay_s)
                 writer.write(reply.data)
                 await writer.drain()
                 if reply.close:
@@ -644,6 +646,20 @@ async def test_the_retry_goes_out_on_a_fresh_connection_not_another_idle_one(
     assert (await h1.send(post(server.url))).body == b"ok"
     assert server.connections == 3
     assert len(server.requests) == 4  # 2, then the stale attempt and its one retry
+
+
+async def test_a_reused_connection_closed_late_without_an_answer_is_not_retried(
+    raw_server: RawFactory, h1: H1Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A silent close long after the write is no idle race: the server may have acted on it."""
+    monkeypatch.setattr(h1_module, "STALE_WINDOW_S", 0.05)
+    server = await raw_server(
+        lambda conn, req: Reply(OK) if req == 0 else Reply(close=True, delay_s=0.1)
+    )
+    await h1.send(post(server.url))
+    with pytest.raises(VendorUnreachable, match="closed before the answer was complete"):
+        await h1.send(post(server.url))
+    assert (server.connections, len(server.requests)) == (1, 2)
 
 
 async def test_a_connection_idle_too_long_is_closed_instead_of_reused(
