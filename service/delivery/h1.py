@@ -415,6 +415,10 @@ class _Origin:
         one released, whichever comes first before `deadline`."""
         loop = asyncio.get_running_loop()
         while True:
+            if loop.time() >= deadline:  # woken at the deadline: no time left to connect
+                raise VendorTimeout(
+                    redact(f"no free connection to {self.vendor} within {self.timeout_s}s")
+                )
             if not fresh:
                 while self.idle:
                     conn = self.idle.pop()
@@ -455,7 +459,8 @@ class _Origin:
 
     async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Conn:
         # Connecting is off the hot path (keep-alive), so a timeout context is cheap enough here.
-        connect_deadline = min(deadline, loop.time() + self.connect_timeout_s)
+        connect_by = loop.time() + self.connect_timeout_s
+        connect_deadline = min(deadline, connect_by)
         try:
             async with asyncio.timeout_at(connect_deadline):
                 _, conn = await loop.create_connection(
@@ -466,9 +471,11 @@ class _Origin:
                     server_hostname=self.server_hostname,
                 )
         except TimeoutError as exc:
-            raise VendorTimeout(
-                redact(f"could not connect to {self.shown} in time ({self.vendor})")
-            ) from exc
+            if connect_deadline == connect_by:
+                text = f"could not connect to {self.shown} within {self.connect_timeout_s}s"
+            else:
+                text = f"no answer from {self.vendor} within {self.timeout_s}s (connecting)"
+            raise VendorTimeout(redact(text)) from exc
         except ssl.SSLError as exc:  # certificate verification failures included
             raise VendorUnreachable(redact(f"TLS with {self.shown} failed: {exc}")) from exc
         except OSError as exc:

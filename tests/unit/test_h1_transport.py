@@ -552,17 +552,23 @@ async def test_a_connect_that_does_not_finish_in_time_is_a_timeout(full_backlog:
 
 
 async def test_waiting_for_a_pool_slot_is_bounded_by_the_timeout(raw_server: RawFactory) -> None:
-    """With the only connection stuck, a second send times out waiting for it."""
+    """With the only connection busy past its deadline, a send waiting for it times out."""
     server = await raw_server(lambda conn, req: Reply(hang=True))
-    single = transport(pool_size=1, timeout_s=0.3)
+    single = transport(pool_size=1, timeout_s=5.0)
     try:
-        results = await asyncio.gather(
-            single.send(post(server.url)), single.send(post(server.url)), return_exceptions=True
-        )
+        busy = asyncio.ensure_future(single.send(post(server.url)))
+        await asyncio.sleep(0.05)
+        # The next send's deadline (read per send) ends long before the busy one's.
+        single.timeout_s = 0.2
+        started = time.monotonic()
+        with pytest.raises(VendorTimeout, match="no free connection to acme"):
+            await single.send(post(server.url))
+        assert 0.15 < time.monotonic() - started < 1.0
+        assert not busy.done()
     finally:
         await single.aclose()
-    assert [type(r) for r in results] == [VendorTimeout, VendorTimeout]
-    assert "no free connection" in str(results[1])
+    with pytest.raises(VendorUnreachable, match="transport was closed"):
+        await busy
     assert server.connections == 1
 
 
