@@ -4,8 +4,10 @@ Implements the relay's `Transport` seam with the whole contract of the aiohttp t
 fraction of its CPU per request:
 
 - one pool per (scheme, host, port) of at most `pool_size` keep-alive connections, idle ones
-  reused last-in first-out; a connection the server closed, or that answered `Connection: close`
-  (or HTTP/1.0 without keep-alive), is dropped;
+  reused last-in first-out; a connection the server closed, that answered `Connection: close`
+  (or HTTP/1.0 without keep-alive), or that sat idle over `IDLE_TIMEOUT_S`, is dropped; a reused
+  connection that closes without a byte of answer right after the write (the idle keep-alive
+  race) has its request sent once more on a fresh connection;
 - a request is one `transport.write` of bytes built from a cached per-origin Host block and a
   cached, validated header block; the caller's task awaits one Future that the connection's
   parser callbacks resolve (no Task, no StreamReader per request);
