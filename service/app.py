@@ -207,7 +207,10 @@ class Relay:
         )
         for name in self.vendor_names:  # now, so an unusable http.ca_bundle stops the start
             if name not in self._transports:
-                self._transports[name] = make_transport(name, config.vendors[name], config.http)
+                vendor = config.vendors[name]
+                self._transports[name] = make_transport(name, vendor, config.http)
+                kind = vendor.transport or config.http.transport
+                log.info("HTTP client: %s", kind, extra={"vendor": name})
         await self._start_producer()
 
     async def close(self) -> None:

@@ -60,6 +60,7 @@ class PyreqwestTransport:
         self.vendor = vendor
         self._timeout_s = config.timeout_s
         self._max_body_bytes = max_body_bytes
+        self._read_bytes = max_body_bytes + 1  # one byte past the limit tells "over it"
         builder = (
             ClientBuilder()
             .timeout(timedelta(seconds=config.timeout_s))
@@ -103,11 +104,11 @@ class PyreqwestTransport:
             ):
                 declared = response.get_header("content-length")
                 if declared is not None and int(declared) > limit:
-                    # Leaving the block unread drops the connection instead of draining it.
+                    # Leaving the block with the body unread closes the connection, undrained.
                     raise VendorUnreachable(
                         redact(f"answer of {declared} bytes is over the {limit}-byte limit")
                     )
-                body = await response.body_reader.read(limit + 1)
+                body = await response.body_reader.read(self._read_bytes)
                 if body is None:
                     return VendorResponse(response.status, response.headers, b"")
                 if len(body) > limit:
