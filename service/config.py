@@ -74,8 +74,7 @@ EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
 class HttpConfig(Strict, frozen=True):
-    """The HTTP server (/livez /readyz /metrics for anyone, /status by choice) and the client
-    the relay delivers to vendors with."""
+    """The health and metrics server (/status by choice) and the HTTP client vendors get."""
 
     # Interface the server binds (`127.0.0.1` when nothing outside scrapes it).
     host: str = "0.0.0.0"
