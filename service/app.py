@@ -9,7 +9,6 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -36,7 +35,7 @@ from service.delivery.replay import (
     wait_done,
 )
 from service.delivery.sender import Sender
-from service.delivery.transport import AiohttpTransport, close_sessions, new_session
+from service.delivery.transport import Transport, make_transport
 from service.http import start_http
 from service.kafka import consumer_kwargs, producer_kwargs
 from service.metrics import Metrics
@@ -66,7 +65,7 @@ class Relay:
         self.pipelines: dict[str, VendorPipeline] = {}
         self.http_port: int | None = None
         self._stop = asyncio.Event()
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._transports: dict[str, Transport] = {}
         self._producer: Any = None
         self._dlq: DeadLetterWriter | None = None
         self._redis: Any = None
@@ -159,11 +158,11 @@ class Relay:
         """A vendor's pipeline: live topics and group by default; replay passes its own consumer
         (the planned letters only) and dead-letter writer (write-backs)."""
         vendor = self.config.vendors[name]
-        session = self._sessions.get(name)
-        if session is None:
-            session = self._sessions[name] = new_session(vendor)
+        # One transport per vendor for the process' life: a restarted pipeline keeps its pool.
+        transport = self._transports.get(name)
+        if transport is None:
+            transport = self._transports[name] = make_transport(name, vendor, self.config.http)
         assert self._limiter is not None, "start_shared() first"
-        transport = AiohttpTransport(name, session)
         sender = Sender(
             name, make_adapter(name, vendor), transport, vendor, self.metrics, self._limiter
         )
@@ -190,7 +189,7 @@ class Relay:
         )
 
     async def start_shared(self) -> None:
-        """The parts every pipeline shares: DLQ producer, rate limiter, dedup store (and Redis)."""
+        """What every pipeline shares: DLQ producer, limiter, dedup store, vendor transports."""
         config = self.config
         limits = {name: vendor.rate_limit for name, vendor in config.vendors.items()}
         if config.redis is not None:
@@ -206,11 +205,18 @@ class Relay:
         self._dedup = make_dedup_store(
             config.dedup, self._redis, config.redis.key_prefix if config.redis else ""
         )
+        for name in self.vendor_names:  # now, so an unusable http.ca_bundle stops the start
+            if name not in self._transports:
+                vendor = config.vendors[name]
+                self._transports[name] = make_transport(name, vendor, config.http)
+                kind = vendor.transport or config.http.transport
+                log.info("HTTP client: %s", kind, extra={"vendor": name})
         await self._start_producer()
 
     async def close(self) -> None:
-        """Close vendor sessions, the producer and the Redis client."""
-        await close_sessions(list(self._sessions.values()))
+        """Close vendor transports, the producer and the Redis client."""
+        transports, self._transports = list(self._transports.values()), {}
+        await asyncio.gather(*(t.aclose() for t in transports), return_exceptions=True)
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None

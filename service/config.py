@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,6 +17,7 @@ from service.core.redact import is_secret_key, redact, remember_secrets
 from service.delivery.redis_config import DedupConfig, RedisConfig
 from service.errors import ConfigError
 from service.vendors import VendorConfig
+from service.vendors.base import TransportName
 from service.vendors.paths import shown_url
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -77,7 +79,7 @@ EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
 class HttpConfig(Strict, frozen=True):
-    """The health and metrics server: /livez /readyz /metrics for anyone, /status by choice."""
+    """The health and metrics server (/status by choice) and the HTTP client vendors get."""
 
     # Interface the server binds (`127.0.0.1` when nothing outside scrapes it).
     host: str = "0.0.0.0"
@@ -88,6 +90,13 @@ class HttpConfig(Strict, frozen=True):
     status_access: Literal["loopback", "token", "any"] = "loopback"
     # The environment variable holding the /status bearer token (status_access: token).
     status_token_env: EnvName = "RELAY_STATUS_TOKEN"
+    # The outgoing HTTP client of every vendor (a vendor's `transport` overrides it): `pyreqwest`
+    # (Rust hyper + rustls, about half aiohttp's CPU per request) or `aiohttp`. Neither follows
+    # redirects; both verify TLS.
+    transport: TransportName = "pyreqwest"
+    # A PEM file of extra root certificates trusted for vendor TLS (on top of the system's), e.g.
+    # a private CA in front of a vendor; null = the system's roots only.
+    ca_bundle: str | None = None
 
 
 class DlqConfig(Strict, frozen=True):
@@ -134,7 +143,7 @@ class Config(Strict, frozen=True):
     kafka: KafkaConfig
     # The vendors, by name; each entry's `protocol` picks its wire format.
     vendors: dict[str, VendorConfig]
-    # The health and metrics server.
+    # The health and metrics server, and the HTTP client vendors are reached with.
     http: HttpConfig = HttpConfig()
     # Where dead letters go.
     dlq: DlqConfig = DlqConfig()
@@ -263,8 +272,39 @@ def _vendor_problems(prefix: str, raw: Any, exc: msgspec.ValidationError) -> lis
     return found or [_msgspec_problem(prefix, exc)]
 
 
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----"
+)
+
+
+def ca_bundle_certificates(path: str) -> list[bytes]:
+    """Each PEM certificate of the `http.ca_bundle` file; a ConfigError naming the field if none."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"http.ca_bundle: cannot read {path}: {exc.strerror}"]) from None
+    certificates: list[bytes] = _PEM_CERTIFICATE.findall(data)
+    if not certificates:
+        raise ConfigError([f"http.ca_bundle: {path} holds no PEM certificate"])
+    try:
+        # OpenSSL parses each one: a truncated or corrupt certificate is refused here, at load,
+        # rather than by whichever transport meets it first.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(cadata=b"\n".join(certificates).decode("ascii"))
+    except (ssl.SSLError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        problem = f"http.ca_bundle: {path}: a certificate is not valid ({reason})"
+        raise ConfigError([problem]) from None
+    return certificates
+
+
 def _check_semantics(config: Config) -> list[str]:
     problems = []
+    if config.http.ca_bundle is not None:
+        try:
+            ca_bundle_certificates(config.http.ca_bundle)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     kafka = config.kafka
     if kafka.security_protocol.startswith("SASL"):
         if kafka.sasl_mechanism is None:

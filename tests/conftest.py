@@ -252,7 +252,9 @@ def relay_process(tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
 
     def make(config: dict[str, Any], extra_args: list[str] | None = None) -> RelayProcess:
         port = free_port()
-        config = {**config, "http": {"host": "127.0.0.1", "port": port}}
+        # The port is the fixture's; the rest of the http section (e.g. transport) is the test's.
+        http = {**config.get("http", {}), "host": "127.0.0.1", "port": port}
+        config = {**config, "http": http}
         index = len(made)
         path = tmp_path / f"relay-{index}.yaml"
         path.write_text(yaml.safe_dump(config))

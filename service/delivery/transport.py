@@ -1,26 +1,42 @@
 """The transport: one prepared request out, one bounded answer back, nothing else.
 
-`Transport` is the whole contract the sender needs (a later, faster client implements the same
-Protocol). `AiohttpTransport` is today's: one pooled session per vendor, redirects never
-followed (a 3xx is an answer the sender classifies, never a delivery), the body read up to
-`max_body_bytes` (beyond it the connection is closed and the exchange fails), and aiohttp's
-errors translated here, once, into the relay's `VendorTimeout` / `VendorUnreachable`, their
-text redacted where it is made.
+`Transport` is the whole contract the sender needs; `make_transport` builds a vendor's from the
+config (`http.transport`, or the vendor's own `transport`). Two implement it:
+`PyreqwestTransport` (service/delivery/transport_reqwest.py, the default) and
+`AiohttpTransport`: one pooled client per vendor, TLS verified (plus `http.ca_bundle`), redirects
+never followed (a 3xx is an answer the sender classifies, never a delivery), no cookies kept,
+the body read up to `max_body_bytes` (beyond it the connection is closed and the exchange
+fails), and the client's errors translated here, once, into the relay's `VendorTimeout` /
+`VendorUnreachable`, their text redacted where it is made.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+import ssl
+from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 
+from service.config import ca_bundle_certificates
 from service.core.exchange import VendorRequest, VendorResponse
+from service.delivery.transport_reqwest import PyreqwestTransport
 from service.errors import VendorTimeout, VendorUnreachable
 from service.logs import redact
 from service.vendors.base import VendorBase
 
-__all__ = ["MAX_BODY_BYTES", "AiohttpTransport", "Transport", "close_sessions", "new_session"]
+if TYPE_CHECKING:
+    from service.config import HttpConfig
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "AiohttpTransport",
+    "PyreqwestTransport",
+    "Transport",
+    "close_sessions",
+    "make_transport",
+    "new_session",
+]
 
 # Vendor answers are short JSON/XML; anything far larger is a fault (or an attack on memory).
 MAX_BODY_BYTES = 64 * 1024
@@ -30,15 +46,45 @@ class Transport(Protocol):
     """Sends one prepared request; returns the answer or raises a relay DeliveryError."""
 
     async def send(self, request: VendorRequest) -> VendorResponse:
-        """The vendor's status, headers and body (at most the transport's body limit)."""
+        """The vendor's status, headers (case-insensitive) and body (at most the body limit)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close the client and its pooled connections."""
         ...
 
 
-def new_session(config: VendorBase) -> aiohttp.ClientSession:
-    """One pooled session per vendor: connections up to its concurrency, its own timeout."""
-    connector = aiohttp.TCPConnector(limit=config.concurrency, ttl_dns_cache=300)
-    timeout = aiohttp.ClientTimeout(total=config.timeout_s)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, raise_for_status=False)
+def make_transport(name: str, vendor: VendorBase, http: HttpConfig) -> Transport:
+    """A vendor's transport: its own `transport` choice, else `http.transport`."""
+    certificates = ca_bundle_certificates(http.ca_bundle) if http.ca_bundle else []
+    if (vendor.transport or http.transport) == "aiohttp":
+        context = None
+        if certificates:
+            context = ssl.create_default_context()  # the system's roots, then the bundle's
+            context.load_verify_locations(cadata=b"\n".join(certificates).decode("ascii"))
+        return AiohttpTransport(name, new_session(vendor, context))
+    return PyreqwestTransport(
+        name, vendor, max_body_bytes=MAX_BODY_BYTES, ca_certificates=certificates
+    )
+
+
+def new_session(
+    config: VendorBase, ssl_context: ssl.SSLContext | None = None
+) -> aiohttp.ClientSession:
+    """One pooled session per vendor: connections up to its concurrency, its own timeouts."""
+    connector = aiohttp.TCPConnector(
+        limit=config.concurrency, ttl_dns_cache=300, ssl=ssl_context or True
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=config.timeout_s, sock_connect=min(config.connect_timeout_s, config.timeout_s)
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        raise_for_status=False,
+        # A vendor's Set-Cookie is never sent back: a request carries only what it was built with.
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
 
 
 async def close_sessions(sessions: list[aiohttp.ClientSession]) -> None:
@@ -72,6 +118,10 @@ class AiohttpTransport:
             raise VendorTimeout(redact(f"no answer from {self.vendor}")) from exc
         except aiohttp.ClientError as exc:
             raise VendorUnreachable(redact(f"{type(exc).__name__}: {exc}")) from exc
+
+    async def aclose(self) -> None:
+        """Close the vendor's session and its pooled connections."""
+        await self._session.close()
 
     async def _read_bounded(self, resp: aiohttp.ClientResponse) -> bytes:
         limit = self._max_body_bytes

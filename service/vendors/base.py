@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, ClassVar, Protocol
+from typing import Annotated, ClassVar, Literal, Protocol
 
 import msgspec
 
@@ -26,12 +26,15 @@ __all__ = [
     "OutcomeKind",
     "RetryConfig",
     "Route",
+    "TransportName",
     "VendorBase",
     "VendorRequest",
     "VendorResponse",
 ]
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+# The outgoing HTTP clients the relay can deliver with (service/delivery/transport.py).
+TransportName = Literal["pyreqwest", "aiohttp"]
 
 
 class VendorBase(
@@ -45,6 +48,10 @@ class VendorBase(
     base_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")]
     # Whole request budget: connect, send and read the answer; a timeout is retried.
     timeout_s: PositiveFloat = 10.0
+    # Budget for opening a connection (TCP and TLS handshake), within timeout_s; retried too.
+    connect_timeout_s: PositiveFloat = 5.0
+    # This vendor's HTTP client; null = `http.transport` (the whole relay's choice).
+    transport: TransportName | None = None
     # Requests in flight at once (the ceiling with adaptive_concurrency); also the pool size.
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
     # Adaptive (AIMD) concurrency between 1 and `concurrency`; off = always `concurrency`.

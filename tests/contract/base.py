@@ -5,7 +5,8 @@ canonical event, is accepted by the strict sandbox and carries the doc's values;
 bodies are accepted verbatim; malformed variants are refused in the vendor's documented error
 shape and read by the adapter as rejections; and every other answer the sandbox can give (the
 doc's own answers, reject_next, 429 + Retry-After, 5xx) is classified as the protocol says.
-Everything runs against a real sandbox on a loopback port through a real aiohttp client.
+Everything runs against a real sandbox on a loopback port through the relay's own transport,
+once on each (`transport` is parametrised: pyreqwest and aiohttp).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-import aiohttp
 import msgspec
 import pytest
 
+from service.delivery.transport import Transport
 from service.events import ConversionEvent, decode_event
 from service.sandbox.base import Contract, Received, Sandbox
 from service.sandbox.registry import contract_for
@@ -32,6 +33,7 @@ from service.vendors.base import (
     VendorRequest,
     VendorResponse,
 )
+from tests.transports import TRANSPORTS, transport_for
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "vendor_docs"
 
@@ -126,15 +128,13 @@ def make_config(protocol: str, base_url: str, raw: Mapping[str, Any]) -> VendorB
 
 
 async def send(
-    http: aiohttp.ClientSession, request: VendorRequest | RawRequest, base_url: str = ""
+    transport: Transport, request: VendorRequest | RawRequest, base_url: str = ""
 ) -> VendorResponse:
-    """Send one request the way the relay's sender does and keep the whole answer."""
+    """Send one request through the relay's transport, as its sender does."""
     if isinstance(request, RawRequest):
-        method, url, headers = request.method, base_url + request.target, request.headers
-    else:
-        method, url, headers = request.method, request.url, request.headers
-    async with http.request(method, url, data=request.body, headers=headers) as response:
-        return VendorResponse(response.status, response.headers, await response.read())
+        url = base_url + request.target
+        request = VendorRequest(request.method, url, dict(request.headers), request.body)
+    return await transport.send(request)
 
 
 class ContractSuite:
@@ -192,14 +192,15 @@ class ContractSuite:
         yield server
         await server.stop()
 
-    @pytest.fixture
-    async def http(self) -> AsyncIterator[aiohttp.ClientSession]:
-        """A real aiohttp client."""
-        async with aiohttp.ClientSession() as session:
-            yield session
+    @pytest.fixture(params=TRANSPORTS)
+    async def transport(self, request: pytest.FixtureRequest) -> AsyncIterator[Transport]:
+        """The relay's transport of a vendor at the defaults, of each kind in turn."""
+        made = transport_for(request.param)
+        yield made
+        await made.aclose()
 
     async def test_doc_examples_built_by_the_adapter_are_accepted(
-        self, sandbox: Sandbox, http: aiohttp.ClientSession
+        self, sandbox: Sandbox, transport: Transport
     ) -> None:
         """Every doc request example, rebuilt from an equivalent event, is accepted as sent."""
         cases = self.doc_cases()
@@ -207,7 +208,7 @@ class ContractSuite:
         for case in cases:
             adapter, route = self.adapter(case, sandbox.base_url)
             assert adapter.missing_identity(case.event) is None, case.name
-            response = await send(http, adapter.build(case.event, route))
+            response = await send(transport, adapter.build(case.event, route))
             outcome = adapter.classify(response)
             assert outcome.kind is OutcomeKind.DELIVERED, (case.name, outcome, sandbox.refused)
             got = self.recorded(sandbox.accepted[-1])
@@ -217,27 +218,27 @@ class ContractSuite:
         assert len(sandbox.accepted) == len(cases)
 
     async def test_doc_bodies_are_accepted_verbatim(
-        self, sandbox: Sandbox, http: aiohttp.ClientSession
+        self, sandbox: Sandbox, transport: Transport
     ) -> None:
         """The doc's own example bodies, sent byte for byte, satisfy the strict sandbox."""
         adapter, _ = self.first_request(sandbox.base_url)
         requests = self.doc_requests()
         assert requests
         for raw in requests:
-            response = await send(http, raw, sandbox.base_url)
+            response = await send(transport, raw, sandbox.base_url)
             assert not sandbox.refused, (raw.name, response.status, response.body)
             assert adapter.classify(response).kind is OutcomeKind.DELIVERED, raw.name
         assert [r.body for r in sandbox.accepted] == [raw.body for raw in requests]
 
     async def test_malformed_variants_are_refused_in_the_documented_shape(
-        self, sandbox: Sandbox, http: aiohttp.ClientSession
+        self, sandbox: Sandbox, transport: Transport
     ) -> None:
         """Requests that break the doc are refused in its error shape and read as rejections."""
         adapter, _ = self.first_request(sandbox.base_url)
         variants = self.malformed()
         assert len(variants) >= 5
         for bad in variants:
-            response = await send(http, bad.request, sandbox.base_url)
+            response = await send(transport, bad.request, sandbox.base_url)
             assert response.status == bad.status, (bad.name, response.status, response.body)
             fragments = (bad.says,) if isinstance(bad.says, str) else bad.says
             text = response.body.decode()
@@ -260,23 +261,23 @@ class ContractSuite:
             assert answer.detail in outcome.detail, answer.name
 
     async def test_reject_next_is_classified_as_a_rejection(
-        self, sandbox: Sandbox, http: aiohttp.ClientSession
+        self, sandbox: Sandbox, transport: Transport
     ) -> None:
         """The sandbox's permanent rejection is dead-lettered, not retried; the next one passes."""
         adapter, request = self.first_request(sandbox.base_url)
         sandbox.faults.reject_next = 1
-        rejected = adapter.classify(await send(http, request))
+        rejected = adapter.classify(await send(transport, request))
         assert rejected.kind is OutcomeKind.REJECT
         assert rejected.reason and rejected.detail
-        assert adapter.classify(await send(http, request)).kind is OutcomeKind.DELIVERED
+        assert adapter.classify(await send(transport, request)).kind is OutcomeKind.DELIVERED
 
     async def test_throttling_is_retried_after_the_vendors_wait(
-        self, sandbox: Sandbox, http: aiohttp.ClientSession
+        self, sandbox: Sandbox, transport: Transport
     ) -> None:
         """A 429 with Retry-After is retried after exactly the wait the vendor asked for."""
         adapter, request = self.first_request(sandbox.base_url)
         sandbox.faults.retry_after_s = 7
-        outcome = adapter.classify(await send(http, request))
+        outcome = adapter.classify(await send(transport, request))
         assert (outcome.kind, outcome.status, outcome.retry_after_s) == (
             OutcomeKind.RETRY,
             429,
@@ -288,10 +289,10 @@ class ContractSuite:
         [(500, OutcomeKind.RETRY), (503, OutcomeKind.RETRY), (501, OutcomeKind.REJECT)],
     )
     async def test_server_errors_follow_the_default_table(
-        self, sandbox: Sandbox, http: aiohttp.ClientSession, status: int, kind: OutcomeKind
+        self, sandbox: Sandbox, transport: Transport, status: int, kind: OutcomeKind
     ) -> None:
         """A 5xx is retried (an outage is not a failure) except 501, which no retry fixes."""
         adapter, request = self.first_request(sandbox.base_url)
         sandbox.faults.error_rate, sandbox.faults.error_status = 1.0, status
-        outcome = adapter.classify(await send(http, request))
+        outcome = adapter.classify(await send(transport, request))
         assert (outcome.kind, outcome.reason) == (kind, f"http_{status}")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 import msgspec
 
+from service.delivery.transport import Transport
 from service.sandbox.altcraft import AltcraftContract
 from service.sandbox.base import Sandbox
 from service.vendors.base import OutcomeKind, VendorResponse
@@ -175,19 +175,19 @@ class TestAltcraftContract(ContractSuite):
             ),
         ]
 
-    async def test_pinned_token_refuses_any_other(self, http: aiohttp.ClientSession) -> None:
+    async def test_pinned_token_refuses_any_other(self, transport: Transport) -> None:
         """A sandbox pinned to the vendor's token answers error 2 for another token."""
         sandbox = Sandbox(AltcraftContract(tokens={"right"}))
         await sandbox.start()
         try:
             request = RawRequest("POST", PATH, msgspec.json.encode({**VALID, "token": "t"}), JSON)
-            response = await send(http, request, sandbox.base_url)
+            response = await send(transport, request, sandbox.base_url)
             assert msgspec.json.decode(response.body) == {"error": 2, "error_text": "Invalid token"}
         finally:
             await sandbox.stop()
 
     async def test_long_descriptive_text_is_truncated_and_accepted(
-        self, sandbox: Sandbox, http: aiohttp.ClientSession
+        self, sandbox: Sandbox, transport: Transport
     ) -> None:
         """A 500-character user agent and referer are cut to 128 and the goal still counts."""
         case = self.doc_cases()[0]
@@ -199,17 +199,17 @@ class TestAltcraftContract(ContractSuite):
             customer={**msgspec.to_builtins(case.event.customer), "user_agent": "M" * 500},
             context={"referer": "r" * 500},
         )
-        outcome = adapter.classify(await send(http, adapter.build(chatty, route)))
+        outcome = adapter.classify(await send(transport, adapter.build(chatty, route)))
         assert outcome.kind is OutcomeKind.DELIVERED
         sent = sandbox.payloads()[-1]
         assert (sent["user_agent"], sent["referer"]) == ("M" * 128, "r" * 128)
 
     async def test_xml_requests_are_answered_in_xml(
-        self, sandbox: Sandbox, http: aiohttp.ClientSession
+        self, sandbox: Sandbox, transport: Transport
     ) -> None:
         """An XML request gets the doc's XML answer, the JSON one gets JSON."""
         body = fixture_bytes("altcraft/one_goal_request.xml")
-        response = await send(http, RawRequest("POST", PATH, body, XML), sandbox.base_url)
+        response = await send(transport, RawRequest("POST", PATH, body, XML), sandbox.base_url)
         documented = fixture_bytes("altcraft/success_response.xml").strip()
         assert (response.headers["Content-Type"], response.body) == (
             "application/xml",

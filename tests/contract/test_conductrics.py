@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import aiohttp
 import msgspec
 
+from service.delivery.transport import Transport
 from service.sandbox.base import Sandbox
 from service.vendors.base import OutcomeKind, VendorResponse
 
@@ -116,7 +116,7 @@ class TestConductricsContract(ContractSuite):
         ]
 
     async def test_session_id_is_sent_when_the_event_has_one(
-        self, sandbox: Sandbox, http: aiohttp.ClientSession
+        self, sandbox: Sandbox, transport: Transport
     ) -> None:
         """The event's own session id becomes `session`; the vid stays the visitor."""
         case = self.doc_cases()[0]
@@ -128,14 +128,14 @@ class TestConductricsContract(ContractSuite):
             customer=msgspec.to_builtins(case.event.customer),
             context={"session_id": "sess-9"},
         )
-        assert adapter.classify(await send(http, adapter.build(visit, route))).kind is (
+        assert adapter.classify(await send(transport, adapter.build(visit, route))).kind is (
             OutcomeKind.DELIVERED
         )
         query = sandbox.payloads()[-1]["query"]
         assert (query["vid"], query["session"]) == ("lana-123", "sess-9")
 
     async def test_identifiers_with_reserved_characters_arrive_intact(
-        self, sandbox: Sandbox, http: aiohttp.ClientSession
+        self, sandbox: Sandbox, transport: Transport
     ) -> None:
         """A vid with spaces, `&`, `+`, `/` and non-ASCII is percent-encoded and arrives intact."""
         case = self.doc_cases()[0]
@@ -147,7 +147,7 @@ class TestConductricsContract(ContractSuite):
             occurred_at="2026-01-01T00:00:00Z",
             customer={"ids": {"conductrics": odd}},
         )
-        assert adapter.classify(await send(http, adapter.build(visitor, route))).kind is (
+        assert adapter.classify(await send(transport, adapter.build(visitor, route))).kind is (
             OutcomeKind.DELIVERED
         )
         assert sandbox.payloads()[-1]["query"]["vid"] == odd

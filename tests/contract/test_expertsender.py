@@ -5,8 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Any
 
-import aiohttp
-
+from service.delivery.transport import Transport
 from service.sandbox.base import Sandbox
 from service.sandbox.expertsender import GUID_NOT_RECOGNIZED, ExpertSenderContract
 from service.vendors.base import OutcomeKind
@@ -130,9 +129,7 @@ class TestExpertSenderContract(ContractSuite):
             bad("GET", b"", "", status=405, method="GET"),
         ]
 
-    async def test_unknown_message_guid_is_not_recognized(
-        self, http: aiohttp.ClientSession
-    ) -> None:
+    async def test_unknown_message_guid_is_not_recognized(self, transport: Transport) -> None:
         """A well-formed GUID the vendor never sent gets the doc's own error and is rejected."""
         sandbox = Sandbox(ExpertSenderContract(known_guids=[DOC_GUID]))
         await sandbox.start()
@@ -146,7 +143,7 @@ class TestExpertSenderContract(ContractSuite):
             )
             case = DocCase("unknown", CONFIG, stranger, {})
             adapter, route = self.adapter(case, sandbox.base_url)
-            outcome = adapter.classify(await send(http, adapter.build(stranger, route)))
+            outcome = adapter.classify(await send(transport, adapter.build(stranger, route)))
             assert (outcome.kind, outcome.reason, outcome.detail) == (
                 OutcomeKind.REJECT,
                 "vendor_400",
@@ -156,7 +153,7 @@ class TestExpertSenderContract(ContractSuite):
             await sandbox.stop()
 
     async def test_channel_and_scaled_value_reach_the_vendor(
-        self, sandbox: Sandbox, http: aiohttp.ClientSession
+        self, sandbox: Sandbox, transport: Transport
     ) -> None:
         """A configured Channel and a value multiplied to cents arrive as the vendor's integers."""
         case = self.doc_cases()[0]
@@ -169,7 +166,7 @@ class TestExpertSenderContract(ContractSuite):
             value=19.99,
             customer=case.event.customer,
         )
-        outcome = adapter.classify(await send(http, adapter.build(priced, route)))
+        outcome = adapter.classify(await send(transport, adapter.build(priced, route)))
         assert outcome.kind is OutcomeKind.DELIVERED
         assert sandbox.payloads()[-1]["GoalValue"] == "1999"
         assert sandbox.payloads()[-1]["Channel"] == "WebPush"

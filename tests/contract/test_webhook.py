@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 import msgspec
 import yaml
 
+from service.delivery.transport import Transport
 from service.events import decode_event
 from service.sandbox.base import Contract, Sandbox
 from service.sandbox.registry import contract_for
@@ -112,22 +112,23 @@ class TestWebhookContract(ContractSuite):
         ]
 
     async def test_path_placeholders_are_url_quoted(
-        self, sandbox: Sandbox, http: aiohttp.ClientSession
+        self, sandbox: Sandbox, transport: Transport
     ) -> None:
         """A goal id with `/`, spaces and `?` stays one path segment and arrives decoded."""
         case = self.doc_cases()[0]
         adapter, _ = self.adapter(case, sandbox.base_url)
         odd = "a/b c?d"
-        outcome = adapter.classify(await send(http, adapter.build(case.event, Route("x", odd))))
+        request = adapter.build(case.event, Route("x", odd))
+        outcome = adapter.classify(await send(transport, request))
         assert outcome.kind is OutcomeKind.DELIVERED
         assert sandbox.accepted[-1].path == f"/conversions/{odd}"
         assert sandbox.payloads()[-1]["type"] == odd
 
     async def test_configured_headers_are_sent(
-        self, sandbox: Sandbox, http: aiohttp.ClientSession
+        self, sandbox: Sandbox, transport: Transport
     ) -> None:
         """The configured Authorization header (a resolved secret) reaches the receiver."""
         _, request = self.first_request(sandbox.base_url)
-        await send(http, request)
+        await send(transport, request)
         assert sandbox.accepted[-1].headers["Authorization"] == f"Bearer {TOKEN}"
         assert sandbox.accepted[-1].headers["Content-Type"] == "application/json"

@@ -1,32 +1,30 @@
-"""The composed Sender stack against real sandboxes over real HTTP (aiohttp transport)."""
+"""The composed Sender stack against real sandboxes over real HTTP, on each transport."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import msgspec
+import pytest
 from aiohttp import web
 
 from service.core.exchange import DecisionKind, Outcome, VendorRequest, VendorResponse
 from service.core.retry import classify_status
 from service.delivery.ratelimit import LocalRateLimiter
 from service.delivery.sender import Attempts, Sender
-from service.delivery.transport import AiohttpTransport, new_session
+from service.delivery.transport import Transport
 from service.events import ConversionEvent
 from service.metrics import Metrics
 from service.sandbox.base import Accepted, Sandbox
-from service.vendors.base import Route, VendorBase
+from service.vendors.base import Route
+from tests.transports import TRANSPORTS, plain_vendor, transport_for
 
 
-class Config(VendorBase, tag="plain", frozen=True, kw_only=True):
-    """A vendor config for the plain adapter."""
-
-    def goal_ids(self) -> Mapping[str, str]:
-        """No goals."""
-        return {}
+@pytest.fixture(params=TRANSPORTS)
+def kind(request: pytest.FixtureRequest) -> str:
+    """The transport under test: every test here runs on each."""
+    return str(request.param)
 
 
 class PlainAdapter:
@@ -64,13 +62,11 @@ class AcceptAll:
         return web.Response(status=400)
 
 
-async def sender_for(sandbox: Sandbox, **config: Any) -> tuple[Sender, Any]:
-    vendor = msgspec.convert({"base_url": sandbox.base_url, **config}, Config)
-    session = new_session(vendor)
-    sender = Sender(
-        "v", PlainAdapter(), AiohttpTransport("v", session), vendor, Metrics(), LocalRateLimiter({})
-    )
-    return sender, session
+async def sender_for(sandbox: Sandbox, kind: str, **config: Any) -> tuple[Sender, Transport]:
+    vendor = plain_vendor(sandbox.base_url, **config)
+    transport = transport_for(kind, sandbox.base_url, **config)
+    sender = Sender("v", PlainAdapter(), transport, vendor, Metrics(), LocalRateLimiter({}))
+    return sender, transport
 
 
 def request_to(sandbox: Sandbox) -> VendorRequest:
@@ -78,14 +74,14 @@ def request_to(sandbox: Sandbox) -> VendorRequest:
 
 
 async def test_adaptive_concurrency_climbs_to_what_the_vendor_serves_and_backs_off(
-    sandbox_factory: Any,
+    sandbox_factory: Any, kind: str
 ) -> None:
     """Against a vendor serving at most K=6 at once (the rest queue), the limit climbs from 1
     to about K; it never stays far above K, where queueing shows as a jump in latency."""
     k = 6
     sandbox = await sandbox_factory(AcceptAll())
     sandbox.faults.max_concurrent, sandbox.faults.latency_s = k, 0.02
-    sender, session = await sender_for(sandbox, concurrency=32, adaptive_concurrency=True)
+    sender, transport = await sender_for(sandbox, kind, concurrency=32, adaptive_concurrency=True)
     limits: list[int] = []
     request = request_to(sandbox)
     deadline_s = time.monotonic() + 6.0
@@ -99,46 +95,50 @@ async def test_adaptive_concurrency_climbs_to_what_the_vendor_serves_and_backs_o
     try:
         await asyncio.gather(*(worker() for _ in range(32)))
     finally:
-        await session.close()
+        await transport.aclose()
     late = limits[len(limits) // 2 :]
     print(f"limit peak {max(limits)}, late mean {sum(late) / len(late):.1f}, K {k}")
     assert max(limits) >= k - 1
     assert sum(late) / len(late) <= 2.5 * k
 
 
-async def test_a_redirect_is_not_followed(sandbox_factory: Any) -> None:
+async def test_a_redirect_is_not_followed(sandbox_factory: Any, kind: str) -> None:
     """A 307 to another host is answered as a redirect (rejected), and nothing goes there."""
     target = await sandbox_factory(AcceptAll())
     answer = web.Response(status=307, headers={"Location": f"{target.base_url}/steal"})
     sandbox = await sandbox_factory(AcceptAll(answer))
-    sender, session = await sender_for(sandbox)
+    sender, transport = await sender_for(sandbox, kind)
     try:
         decision = await sender.deliver(request_to(sandbox), Attempts())
     finally:
-        await session.close()
+        await transport.aclose()
     assert decision.kind is DecisionKind.DEAD_LETTER
     assert decision.outcome is not None and decision.outcome.reason == "redirect"
     assert "127.0.0.1" in decision.outcome.detail
     assert target.accepted == []
 
 
-async def test_an_oversized_answer_is_an_error_not_read_whole(sandbox_factory: Any) -> None:
+async def test_an_oversized_answer_is_an_error_not_read_whole(
+    sandbox_factory: Any, kind: str
+) -> None:
     """A 2xx with a 1 MiB body is cut off at 64 KiB and retried as an error, not delivered."""
     sandbox = await sandbox_factory(AcceptAll(web.Response(status=200, body=b"x" * 2**20)))
-    sender, session = await sender_for(sandbox, breaker={"enabled": False})
+    sender, transport = await sender_for(sandbox, kind, breaker={"enabled": False})
     try:
         decision = await sender.deliver(request_to(sandbox), Attempts())
     finally:
-        await session.close()
+        await transport.aclose()
     assert decision.kind is DecisionKind.RETRY
     assert decision.outcome is not None and "limit" in decision.outcome.detail
 
 
-async def test_after_an_outage_the_first_delivery_comes_within_3_s(sandbox_factory: Any) -> None:
+async def test_after_an_outage_the_first_delivery_comes_within_3_s(
+    sandbox_factory: Any, kind: str
+) -> None:
     """At the defaults, 10 s down: the breaker opens, probes ~1/s, and the first delivery after
     the vendor is back comes within 3 s (events waiting meanwhile)."""
     sandbox = await sandbox_factory(AcceptAll())
-    sender, session = await sender_for(sandbox)
+    sender, transport = await sender_for(sandbox, kind)
     request = request_to(sandbox)
     stop = asyncio.Event()
 
@@ -171,4 +171,4 @@ async def test_after_an_outage_the_first_delivery_comes_within_3_s(sandbox_facto
     finally:
         stop.set()
         await asyncio.gather(*workers, return_exceptions=True)
-        await session.close()
+        await transport.aclose()

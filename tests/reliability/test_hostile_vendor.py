@@ -5,6 +5,9 @@ body) redirect to another port, stream oversized and slow bodies, send giant and
 Retry-After values and echo the request with its credentials. The relay runs at its defaults.
 Checked: the healthy vendor keeps delivering; no secret reaches the logs, /status or the DLQ;
 nothing reaches the other port; memory stays bounded; a giant Retry-After does not stall a vendor.
+The transport drills (secrets, redirects, oversized bodies) run on each `http.transport`; the
+Retry-After drills, about the sender's reading of a header both transports hand over alike, run
+on the default transport only (each takes up to a minute).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import pytest
 
 from service.devtools.demo import sample_lines
 from service.devtools.publish import publish
@@ -28,12 +32,19 @@ from service.sandbox.base import Sandbox
 from service.sandbox.hostile import HostileVendor, Trap
 from tests.conftest import read_topic, relay_config, wait_for
 from tests.reliability.conftest import all_goals_vendor, http_json
+from tests.transports import TRANSPORTS
 
 SECRET_HEADER = "hook-key-Qz81-never-leaves"
 SECRET_TOKEN = "altcraft-tok-Wm47-never-leaves"
 SECRETS = (SECRET_HEADER, SECRET_TOKEN, "Qz81", "Wm47")
 HEALTHY = "sustain_impact"
 EVENTS = 60
+
+
+@pytest.fixture(params=TRANSPORTS)
+def kind(request: pytest.FixtureRequest) -> str:
+    """The relay's `http.transport` in this drill."""
+    return str(request.param)
 
 
 @dataclass
@@ -70,6 +81,7 @@ async def drill(
     topics: Any,
     sandbox_factory: Callable[[], Awaitable[Sandbox]],
     run_relay: Callable[[dict[str, Any]], Awaitable[Any]],
+    kind: str,
     **hostile: Any,
 ) -> AsyncIterator[Drill]:
     """Start the trap, the hostile vendors, a healthy sandbox and the relay; publish events."""
@@ -109,7 +121,7 @@ async def drill(
                     "goals": {"purchase": "purchase", "signup": "signup", "lead": "lead"},
                 },
             },
-            http={"host": "127.0.0.1", "port": 0, "status_access": "loopback"},
+            http={"host": "127.0.0.1", "port": 0, "status_access": "loopback", "transport": kind},
         )
         relay = await run_relay(config)
         lines = list(sample_lines(EVENTS, seed=12))
@@ -134,11 +146,17 @@ async def drill(
 
 
 async def test_the_healthy_vendor_keeps_delivering_and_no_secret_leaks(
-    broker, topics, sandbox_factory, run_relay
+    broker, topics, sandbox_factory, run_relay, kind
 ):
     """Every attack at once: the healthy vendor gets every event; logs, /status, DLQ are clean."""
     async with drill(
-        broker, topics, sandbox_factory, run_relay, oversized_bytes=2 * 1024 * 1024, slow_s=12.0
+        broker,
+        topics,
+        sandbox_factory,
+        run_relay,
+        kind,
+        oversized_bytes=2 * 1024 * 1024,
+        slow_s=12.0,
     ) as run:
         await wait_for(
             lambda: len(run.healthy.accepted) >= run.expected_healthy, 60, "healthy deliveries"
@@ -161,10 +179,10 @@ async def test_the_healthy_vendor_keeps_delivering_and_no_secret_leaks(
     assert len({r.payload["CustomerId"] for r in run.healthy.accepted}) >= 1
 
 
-async def test_nothing_reaches_the_other_port(broker, topics, sandbox_factory, run_relay):
+async def test_nothing_reaches_the_other_port(broker, topics, sandbox_factory, run_relay, kind):
     """Redirects (301/302/307/308) are never followed: the other port receives nothing."""
     modes = ("redirect_307", "redirect_302", "redirect_301", "redirect_308")
-    async with drill(broker, topics, sandbox_factory, run_relay, modes=modes) as run:
+    async with drill(broker, topics, sandbox_factory, run_relay, kind, modes=modes) as run:
         await wait_for(
             lambda: len(run.healthy.accepted) >= run.expected_healthy, 60, "healthy deliveries"
         )
@@ -175,7 +193,9 @@ async def test_nothing_reaches_the_other_port(broker, topics, sandbox_factory, r
         assert run.trap.hits == [], f"{len(run.trap.hits)} requests reached the other port"
 
 
-async def test_oversized_bodies_keep_memory_bounded(broker, topics, sandbox_factory, run_relay):
+async def test_oversized_bodies_keep_memory_bounded(
+    broker, topics, sandbox_factory, run_relay, kind
+):
     """8 MiB answers are read up to the limit only: resident memory grows by under 48 MiB."""
     peak = [0]
     stop = asyncio.Event()
@@ -190,6 +210,7 @@ async def test_oversized_bodies_keep_memory_bounded(broker, topics, sandbox_fact
         topics,
         sandbox_factory,
         run_relay,
+        kind,
         modes=("oversized",),
         oversized_bytes=8 * 1024 * 1024,
     ) as run:
@@ -207,8 +228,9 @@ async def test_oversized_bodies_keep_memory_bounded(broker, topics, sandbox_fact
     assert grown_mib < 48, f"resident memory grew by {grown_mib:.0f} MiB"
 
 
+@pytest.mark.parametrize("kind", ["pyreqwest"])
 async def test_a_giant_retry_after_does_not_stall_a_vendor(
-    broker, topics, sandbox_factory, run_relay
+    broker, topics, sandbox_factory, run_relay, kind
 ):
     """Retry-After of a year is capped: the vendor gets requests again within 90 s."""
     async with drill(
@@ -216,6 +238,7 @@ async def test_a_giant_retry_after_does_not_stall_a_vendor(
         topics,
         sandbox_factory,
         run_relay,
+        kind,
         modes=("retry_after_giant",),
         hostile_requests=2,
         after="ok_altcraft",
@@ -228,8 +251,9 @@ async def test_a_giant_retry_after_does_not_stall_a_vendor(
         )
 
 
+@pytest.mark.parametrize("kind", ["pyreqwest"])
 async def test_a_malformed_retry_after_is_ignored_and_delivery_goes_on(
-    broker, topics, sandbox_factory, run_relay
+    broker, topics, sandbox_factory, run_relay, kind
 ):
     """An 8 KiB Retry-After that is no number or date is ignored: the retry follows backoff."""
     async with drill(
@@ -237,6 +261,7 @@ async def test_a_malformed_retry_after_is_ignored_and_delivery_goes_on(
         topics,
         sandbox_factory,
         run_relay,
+        kind,
         modes=("retry_after_malformed",),
         hostile_requests=4,
         after="ok_altcraft",

@@ -2,7 +2,7 @@
 
 Events flow at a steady rate throughout, so a vendor that keeps up delivers at that rate; the
 rates of the vendors that stay up are compared between the time before the outage and the
-outage itself.
+outage itself. The drill runs on each `http.transport` (pyreqwest, aiohttp).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+
+import pytest
 
 from service.devtools.demo import sample_lines
 from service.sandbox.base import Sandbox
@@ -26,6 +28,7 @@ from tests.reliability.conftest import (
     three_sandboxes,
     three_vendor_sections,
 )
+from tests.transports import TRANSPORTS
 
 RATE_PER_S = 150.0
 BEFORE_S = 10.0  # steady flow before the outage
@@ -59,8 +62,9 @@ async def _storms(sandbox: Sandbox, stop: asyncio.Event) -> int:
     return storms
 
 
+@pytest.mark.parametrize("kind", TRANSPORTS)
 async def test_flaky_throttled_and_down_vendors_get_everything_and_the_others_keep_their_pace(
-    broker, topics, sandbox_factory, relay_process, record_property
+    broker, topics, sandbox_factory, relay_process, record_property, kind
 ):
     """30 % 5xx, 429 storms and a 30 s outage: every event arrives, none is dead-lettered, and
     the vendors that stay up deliver as fast during the outage as before it."""
@@ -70,7 +74,7 @@ async def test_flaky_throttled_and_down_vendors_get_everything_and_the_others_ke
     vendors[HEALTHY] = all_goals_vendor(sandboxes[HEALTHY], customer_id_key="sustain_impact")
     flaky = sandboxes[FLAKY].faults
     flaky.error_rate, flaky.latency_s, flaky.latency_jitter_s = 0.3, 0.002, 0.1
-    relay = relay_process(relay_config(broker, topics, vendors))
+    relay = relay_process(relay_config(broker, topics, vendors, http={"transport": kind}))
     relay.start()
     await relay.wait_ready(60)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trustme
 import yaml
 
 from service.cli import main
@@ -128,3 +129,55 @@ def test_the_shipped_example_config_is_valid():
     root = Path(__file__).resolve().parents[2]
     config = load_config(root / "examples" / "config.yaml", {})
     assert config.enabled_vendors()
+
+
+def test_the_outgoing_client_defaults_to_pyreqwest_and_a_vendor_may_choose_its_own():
+    """`http.transport` is pyreqwest unless set; a vendor's `transport` and connect timeout are
+    its own (null = the http section's choice)."""
+    config = parse_config(_base(), {})
+    vendor = config.vendors["sustain_impact"]
+    assert (config.http.transport, config.http.ca_bundle) == ("pyreqwest", None)
+    assert (vendor.transport, vendor.connect_timeout_s) == (None, 5.0)
+    data = _base(transport="aiohttp", connect_timeout_s=1.5)
+    data["http"] = {"transport": "aiohttp"}
+    config = parse_config(data, {})
+    assert config.http.transport == "aiohttp"
+    assert config.vendors["sustain_impact"].transport == "aiohttp"
+    assert config.vendors["sustain_impact"].connect_timeout_s == 1.5
+
+
+def test_an_unknown_transport_is_an_error_naming_the_key():
+    """Only pyreqwest and aiohttp are transports, in the http section and per vendor."""
+    data = _base(transport="curl")
+    data["http"] = {"transport": "requests"}
+    assert _problems(data) == [
+        "vendors.sustain_impact.transport: invalid enum value 'curl'",
+        "http.transport: invalid enum value 'requests'",
+    ]
+
+
+def test_a_ca_bundle_that_cannot_be_used_is_an_error_naming_the_key(tmp_path: Path):
+    """A missing, empty or corrupt `http.ca_bundle` fails the load, naming the field and file."""
+    data = _base()
+    data["http"] = {"ca_bundle": str(tmp_path / "missing.pem")}
+    assert _problems(data) == [
+        f"http.ca_bundle: cannot read {tmp_path / 'missing.pem'}: No such file or directory"
+    ]
+    empty = tmp_path / "empty.pem"
+    empty.write_text("no certificate here\n")
+    data["http"] = {"ca_bundle": str(empty)}
+    assert _problems(data) == [f"http.ca_bundle: {empty} holds no PEM certificate"]
+    corrupt = tmp_path / "corrupt.pem"
+    corrupt.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    data["http"] = {"ca_bundle": str(corrupt)}
+    [problem] = _problems(data)
+    assert problem.startswith(f"http.ca_bundle: {corrupt}: a certificate is not valid")
+
+
+def test_a_readable_ca_bundle_loads(tmp_path: Path):
+    """A PEM file of CA certificates is accepted and its path kept."""
+    bundle = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(bundle))
+    data = _base()
+    data["http"] = {"ca_bundle": str(bundle)}
+    assert parse_config(data, {}).http.ca_bundle == str(bundle)
