@@ -90,10 +90,11 @@ class HttpConfig(Strict, frozen=True):
     status_access: Literal["loopback", "token", "any"] = "loopback"
     # The environment variable holding the /status bearer token (status_access: token).
     status_token_env: EnvName = "RELAY_STATUS_TOKEN"
-    # The outgoing HTTP client of every vendor (a vendor's `transport` overrides it): `pyreqwest`
-    # (Rust hyper + rustls, about half aiohttp's CPU per request) or `aiohttp`. Neither follows
-    # redirects; both verify TLS.
-    transport: TransportName = "pyreqwest"
+    # The outgoing HTTP client of every vendor (a vendor's `transport` overrides it): `h1` (the
+    # relay's own HTTP/1.1 keep-alive client on asyncio + llhttp, the least CPU per request),
+    # `pyreqwest` (Rust hyper + rustls; HTTP/1.1 here) or `aiohttp`. None follows redirects; all
+    # verify TLS. docs/performance.md has the figures behind the default.
+    transport: TransportName = "h1"
     # A PEM file of extra root certificates trusted for vendor TLS (on top of the system's), e.g.
     # a private CA in front of a vendor; null = the system's roots only.
     ca_bundle: str | None = None

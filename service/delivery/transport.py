@@ -1,9 +1,10 @@
 """The transport: one prepared request out, one bounded answer back, nothing else.
 
 `Transport` is the whole contract the sender needs; `make_transport` builds a vendor's from the
-config (`http.transport`, or the vendor's own `transport`). Two implement it:
-`PyreqwestTransport` (service/delivery/transport_reqwest.py, the default) and
-`AiohttpTransport`: one pooled client per vendor, TLS verified (plus `http.ca_bundle`), redirects
+config (`http.transport`, or the vendor's own `transport`). Three implement it:
+`H1Transport` (service/delivery/h1.py, the default), `PyreqwestTransport`
+(service/delivery/transport_reqwest.py) and `AiohttpTransport`; each is one pooled client per
+vendor, TLS verified (plus `http.ca_bundle`), redirects
 never followed (a 3xx is an answer the sender classifies, never a delivery), no cookies kept,
 the body read up to `max_body_bytes` (beyond it the connection is closed and the exchange
 fails), and the client's errors translated here, once, into the relay's `VendorTimeout` /
@@ -20,6 +21,7 @@ import aiohttp
 
 from service.config import ca_bundle_certificates
 from service.core.exchange import VendorRequest, VendorResponse
+from service.delivery.h1 import H1Transport
 from service.delivery.transport_reqwest import PyreqwestTransport
 from service.errors import VendorTimeout, VendorUnreachable
 from service.logs import redact
@@ -57,11 +59,21 @@ class Transport(Protocol):
 def make_transport(name: str, vendor: VendorBase, http: HttpConfig) -> Transport:
     """A vendor's transport: its own `transport` choice, else `http.transport`."""
     certificates = ca_bundle_certificates(http.ca_bundle) if http.ca_bundle else []
-    if (vendor.transport or http.transport) == "aiohttp":
+    kind = vendor.transport or http.transport
+    if kind in ("aiohttp", "h1"):
         context = None
         if certificates:
             context = ssl.create_default_context()  # the system's roots, then the bundle's
             context.load_verify_locations(cadata=b"\n".join(certificates).decode("ascii"))
+        if kind == "h1":
+            return H1Transport(
+                name,
+                pool_size=vendor.concurrency,
+                timeout_s=vendor.timeout_s,
+                connect_timeout_s=min(vendor.connect_timeout_s, vendor.timeout_s),
+                max_body_bytes=MAX_BODY_BYTES,
+                ssl_context=context,  # None: H1Transport's own default context for https
+            )
         return AiohttpTransport(name, new_session(vendor, context))
     return PyreqwestTransport(
         name, vendor, max_body_bytes=MAX_BODY_BYTES, ca_certificates=certificates

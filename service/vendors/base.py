@@ -34,7 +34,7 @@ __all__ = [
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 # The outgoing HTTP clients the relay can deliver with (service/delivery/transport.py).
-TransportName = Literal["pyreqwest", "aiohttp"]
+TransportName = Literal["h1", "pyreqwest", "aiohttp"]
 
 
 class VendorBase(

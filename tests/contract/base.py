@@ -6,7 +6,7 @@ bodies are accepted verbatim; malformed variants are refused in the vendor's doc
 shape and read by the adapter as rejections; and every other answer the sandbox can give (the
 doc's own answers, reject_next, 429 + Retry-After, 5xx) is classified as the protocol says.
 Everything runs against a real sandbox on a loopback port through the relay's own transport,
-once on each (`transport` is parametrised: pyreqwest and aiohttp).
+once on each (`transport` is parametrised: h1, pyreqwest and aiohttp).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Each transport (pyreqwest, aiohttp) against real loopback servers: the same contract on both.
+"""Each transport (h1, pyreqwest, aiohttp) against real loopback servers: the same contract on both.
 
 No redirect followed, the body bound (declared, chunked, exactly at it), total and connect
 timeouts, refused connections, case-insensitive headers, no cookies kept, TLS verified by default
@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestServer
 from service.app import Relay
 from service.config import HttpConfig, parse_config
 from service.core.exchange import VendorRequest
+from service.delivery.h1 import H1Transport
 from service.delivery.transport import (
     MAX_BODY_BYTES,
     AiohttpTransport,
@@ -353,18 +354,25 @@ async def test_secrets_in_the_url_never_appear_in_the_error_text(
 
 
 async def test_each_vendor_gets_the_transport_it_or_the_http_section_names() -> None:
-    """A vendor's own `transport` wins; without one, `http.transport` (pyreqwest by default)."""
+    """A vendor's own `transport` wins; without one, `http.transport` (h1 by default)."""
     default, chosen = HttpConfig(), HttpConfig(transport="aiohttp")
     made = [
         make_transport("a", plain_vendor(), default),
         make_transport("b", plain_vendor(), chosen),
         make_transport("c", plain_vendor(transport="pyreqwest"), chosen),
         make_transport("d", plain_vendor(transport="aiohttp"), default),
+        make_transport("e", plain_vendor(transport="h1"), chosen),
     ]
     for transport in made:
         await transport.aclose()
     kinds = [type(t) for t in made]
-    assert kinds == [PyreqwestTransport, AiohttpTransport, PyreqwestTransport, AiohttpTransport]
+    assert kinds == [
+        H1Transport,
+        AiohttpTransport,
+        PyreqwestTransport,
+        AiohttpTransport,
+        H1Transport,
+    ]
 
 
 async def test_a_ca_bundle_gone_by_start_is_a_config_error_naming_the_field(

@@ -228,7 +228,7 @@ async def test_oversized_bodies_keep_memory_bounded(
     assert grown_mib < 48, f"resident memory grew by {grown_mib:.0f} MiB"
 
 
-@pytest.mark.parametrize("kind", ["pyreqwest"])
+@pytest.mark.parametrize("kind", ["h1"])
 async def test_a_giant_retry_after_does_not_stall_a_vendor(
     broker, topics, sandbox_factory, run_relay, kind
 ):
@@ -251,7 +251,7 @@ async def test_a_giant_retry_after_does_not_stall_a_vendor(
         )
 
 
-@pytest.mark.parametrize("kind", ["pyreqwest"])
+@pytest.mark.parametrize("kind", ["h1"])
 async def test_a_malformed_retry_after_is_ignored_and_delivery_goes_on(
     broker, topics, sandbox_factory, run_relay, kind
 ):

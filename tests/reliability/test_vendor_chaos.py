@@ -2,7 +2,7 @@
 
 Events flow at a steady rate throughout, so a vendor that keeps up delivers at that rate; the
 rates of the vendors that stay up are compared between the time before the outage and the
-outage itself. The drill runs on each `http.transport` (pyreqwest, aiohttp).
+outage itself. The drill runs on each `http.transport` (h1, pyreqwest, aiohttp).
 """
 
 from __future__ import annotations

@@ -131,12 +131,12 @@ def test_the_shipped_example_config_is_valid():
     assert config.enabled_vendors()
 
 
-def test_the_outgoing_client_defaults_to_pyreqwest_and_a_vendor_may_choose_its_own():
-    """`http.transport` is pyreqwest unless set; a vendor's `transport` and connect timeout are
-    its own (null = the http section's choice)."""
+def test_the_outgoing_client_defaults_to_h1_and_a_vendor_may_choose_its_own():
+    """`http.transport` is h1 (the relay's own HTTP/1.1 client) unless set; a vendor's
+    `transport` and connect timeout are its own (null = the http section's choice)."""
     config = parse_config(_base(), {})
     vendor = config.vendors["sustain_impact"]
-    assert (config.http.transport, config.http.ca_bundle) == ("pyreqwest", None)
+    assert (config.http.transport, config.http.ca_bundle) == ("h1", None)
     assert (vendor.transport, vendor.connect_timeout_s) == (None, 5.0)
     data = _base(transport="aiohttp", connect_timeout_s=1.5)
     data["http"] = {"transport": "aiohttp"}
@@ -147,7 +147,7 @@ def test_the_outgoing_client_defaults_to_pyreqwest_and_a_vendor_may_choose_its_o
 
 
 def test_an_unknown_transport_is_an_error_naming_the_key():
-    """Only pyreqwest and aiohttp are transports, in the http section and per vendor."""
+    """Only h1, pyreqwest and aiohttp are transports, in the http section and per vendor."""
     data = _base(transport="curl")
     data["http"] = {"transport": "requests"}
     assert _problems(data) == [
