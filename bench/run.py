@@ -59,6 +59,7 @@ SCENARIOS = (
 CLIENTS = {
     "client": "aiohttp",
     "client_pyreqwest": "pyreqwest",
+    "client_h1": "h1",
     "client_aiosonic": "aiosonic",
     "client_niquests": "niquests",
     "client_httpx": "httpx",

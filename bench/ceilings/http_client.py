@@ -80,6 +80,25 @@ async def run_pyreqwest(url: str, bodies: list[bytes], concurrency: int) -> None
         await _drive(post, url, bodies, concurrency)
 
 
+async def run_h1(url: str, bodies: list[bytes], concurrency: int) -> None:
+    """The relay's own H1Transport (asyncio.Protocol + httptools): a pool of C connections."""
+    from service.core.exchange import VendorRequest
+    from service.delivery.h1 import H1Transport
+
+    transport = H1Transport(
+        "sink", pool_size=concurrency, timeout_s=TIMEOUT_S, connect_timeout_s=5.0
+    )
+
+    async def post(url: str, body: bytes) -> int:
+        answer = await transport.send(VendorRequest("POST", url, GOAL_REACH_HEADERS, body))
+        return answer.status
+
+    try:
+        await _drive(post, url, bodies, concurrency)
+    finally:
+        await transport.aclose()
+
+
 async def run_aiosonic(url: str, bodies: list[bytes], concurrency: int) -> None:
     """aiosonic: a TCPConnector whose default pool holds C connections, never recycled."""
     from aiosonic import HTTPClient
@@ -144,6 +163,7 @@ async def run_httpx(url: str, bodies: list[bytes], concurrency: int) -> None:
 CLIENTS: dict[str, Callable[[str, list[bytes], int], Awaitable[None]]] = {
     "aiohttp": run_aiohttp,
     "pyreqwest": run_pyreqwest,
+    "h1": run_h1,
     "aiosonic": run_aiosonic,
     "niquests": run_niquests,
     "httpx": run_httpx,
