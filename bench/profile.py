@@ -286,7 +286,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument(
         "--transport",
-        choices=("aiohttp", "pyreqwest"),
+        choices=("h1", "pyreqwest", "aiohttp"),
         help="the relay's http.transport (default: the relay's own default)",
     )
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
