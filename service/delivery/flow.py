@@ -55,7 +55,7 @@ class FlowControl:
         held_bytes = sum(w.bytes_in_flight for w in windows.values())
         if blocked or in_flight >= self._cap or held_bytes >= self._bytes_cap:
             self.all_paused = True
-        elif in_flight <= self._low_water and held_bytes <= self._bytes_cap // 2:
+        elif self.below_low_water(in_flight, held_bytes):
             self.all_paused = False
         if self.all_paused:
             wanted = set(windows)
@@ -69,6 +69,10 @@ class FlowControl:
         if to_resume:
             self._consumer.resume(*to_resume)
         self._paused = wanted
+
+    def below_low_water(self, in_flight: int, held_bytes: int) -> bool:
+        """Whether a pipeline paused at its caps may resume (records and bytes both low)."""
+        return in_flight <= self._low_water and held_bytes <= self._bytes_cap // 2
 
     def forget(self, partitions: set[TopicPartition]) -> None:
         """Revoked partitions are no longer ours to pause or resume."""

@@ -209,7 +209,8 @@ class VendorPipeline:
         self._active: dict[TopicPartition, int] = {}
         self._lag: dict[TopicPartition, int] = {}
         self._timers: set[asyncio.TimerHandle] = set()
-        self._capacity = asyncio.Event()  # set when a record finishes while fetching is paused
+        # Set when fetching paused at the caps may resume (records finished down to low water).
+        self._capacity = asyncio.Event()
         self._progress = asyncio.Event()  # set whenever a worker finishes a step
         self._advanced = asyncio.Event()  # set when a commit point moved on
         self._stopping = asyncio.Event()
@@ -345,7 +346,8 @@ class VendorPipeline:
                 # Nothing to fetch until records finish; still poll, or the group drops us.
                 self._capacity.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._capacity.wait(), 0.2)
+                    async with asyncio.timeout(0.2):
+                        await self._capacity.wait()
                 timeout_ms = 0
             try:
                 batch = await self._consumer.getmany(
@@ -510,7 +512,10 @@ class VendorPipeline:
             return  # finished after its partition moved on; the new owner tracks it
         if window.complete(work.record.offset):
             self._advanced.set()
-        if self._flow.paused:
+        flow = self._flow
+        # Wake the fetch loop once, at low water, not at every record that finishes (each wake
+        # re-checks every window): between the caps and low water it would only pause again.
+        if flow.all_paused and flow.below_low_water(self.in_flight, self.in_flight_bytes):
             self._capacity.set()
 
     async def _dead_letter(
