@@ -373,20 +373,22 @@ class Metrics:
         return batched
 
     def flush(self) -> None:
-        """Hand every batched count to its metric (scrapes do; pipelines do every second, so
-        `--workers` files, read by the supervisor, are never more than a second behind)."""
+        """Hand every batched count to its metric (scrapes do; each pipeline's fetch loop does
+        once per fetch, so `--workers` files, read by the supervisor, stay within ~0.2 s)."""
         for batched in self._batched:
             batched.flush()
 
     def watch_gc(self) -> Callable[[], None]:
         """Count this process's garbage collections from now on; returns the function to stop."""
 
-        # Children resolved once: the callback runs on every collection, on the hot path.
+        # Batched: the callback only adds to plain numbers. A collection can start inside
+        # prometheus_client while it holds its (non-reentrant) multiprocess lock, e.g. creating
+        # a labelled child under `--workers`; an increment from the callback then deadlocked.
         counters = {
             generation: (
-                self.gc_collections.labels(str(generation)),
-                self.gc_objects_collected.labels(str(generation)),
-                self.gc_objects_uncollectable.labels(str(generation)),
+                self.batched_counter(self.gc_collections.labels(str(generation))),
+                self.batched_counter(self.gc_objects_collected.labels(str(generation))),
+                self.batched_counter(self.gc_objects_uncollectable.labels(str(generation))),
             )
             for generation in range(3)
         }

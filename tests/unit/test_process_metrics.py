@@ -76,3 +76,26 @@ def test_the_supervisor_reports_each_worker_process_separately() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_collection_inside_prometheus_multiprocess_lock_does_not_deadlock(tmp_path) -> None:
+    """Under `--workers` prometheus_client holds one non-reentrant lock while it creates a
+    labelled child (and allocates, so a collection can start there); the gc callback must not
+    take that lock again. It did: a worker hung creating its pipeline's metrics."""
+    script = (
+        "import gc\n"
+        "from prometheus_client import CollectorRegistry\n"
+        "from service.metrics import Metrics\n"
+        "metrics = Metrics(registry=CollectorRegistry())\n"
+        "metrics.watch_gc()\n"
+        "gc.set_threshold(1)  # a collection at (nearly) every allocation, inside the lock too\n"
+        "metrics.deliveries.labels('v', 'delivered').inc()\n"
+        "gc.set_threshold(700)\n"
+        "metrics.flush()\n"
+        "print('done')\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=20
+    )
+    assert done.stdout.strip() == "done", done.stderr
