@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -202,6 +203,9 @@ class RelayProcess:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             env={**os.environ, "RELAY_LOG_LEVEL": "info"},
+            # Its own process group: kill() takes `--workers` children too, even when a test
+            # failed before the relay was told to stop (they outlived the test before).
+            start_new_session=True,
         )
 
     async def wait_ready(self, timeout_s: float = 30.0) -> None:
@@ -236,8 +240,11 @@ class RelayProcess:
 
     def kill(self) -> None:
         """Stop the process whatever state it is in."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # the relay and any worker it started
+        if self.process.poll() is None:
             self.process.wait(10)
 
     def logs(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -86,3 +87,34 @@ async def test_a_worker_that_keeps_crashing_makes_the_supervisor_exit_non_zero(
     assert supervisor.crash_looping
     assert supervisor.workers[0].restarts == CRASH_LIMIT - 1
     assert time.monotonic() - started < 60
+
+
+async def test_killing_a_relay_process_takes_its_workers_with_it(
+    broker, topics, sandbox_factory, relay_process
+):
+    """The test fixture's kill() ends the supervisor and every worker it started (a test that
+    failed before stopping its relay left `--workers` children running before)."""
+    si = await sandbox_factory()
+    config = relay_config(broker, topics, {"sustain_impact": goal_reach_vendor(si)})
+    relay = relay_process(config, extra_args=["--workers", "2"])
+    relay.start()
+    await relay.wait_ready(timeout_s=60)
+    marker = str(relay.config_path)
+
+    def running() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if marker in cmdline and state != "Z":
+                found.append(int(entry.name))
+        return found
+
+    assert len(running()) == 3  # the supervisor and its two workers
+    relay.kill()
+    await wait_for(lambda: not running(), 10, "every relay process gone")
