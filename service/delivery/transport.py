@@ -22,7 +22,6 @@ import aiohttp
 from service.config import ca_bundle_certificates
 from service.core.exchange import VendorRequest, VendorResponse
 from service.delivery.h1 import H1Transport
-from service.delivery.transport_reqwest import PyreqwestTransport
 from service.errors import VendorTimeout, VendorUnreachable
 from service.logs import redact
 from service.vendors.base import VendorBase
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_BODY_BYTES",
     "AiohttpTransport",
-    "PyreqwestTransport",
     "Transport",
     "close_sessions",
     "make_transport",
@@ -75,6 +73,9 @@ def make_transport(name: str, vendor: VendorBase, http: HttpConfig) -> Transport
                 ssl_context=context,  # None: H1Transport's own default context for https
             )
         return AiohttpTransport(name, new_session(vendor, context))
+    # Imported only when a vendor uses it: the Rust library costs ~7 MiB of resident memory.
+    from service.delivery.transport_reqwest import PyreqwestTransport
+
     return PyreqwestTransport(
         name, vendor, max_body_bytes=MAX_BODY_BYTES, ca_certificates=certificates
     )

@@ -26,10 +26,10 @@ from service.delivery.h1 import H1Transport
 from service.delivery.transport import (
     MAX_BODY_BYTES,
     AiohttpTransport,
-    PyreqwestTransport,
     Transport,
     make_transport,
 )
+from service.delivery.transport_reqwest import PyreqwestTransport
 from service.errors import ConfigError, VendorTimeout, VendorUnreachable
 from service.net import free_port
 from tests.transports import TRANSPORTS, plain_vendor, transport_for
