@@ -544,6 +544,8 @@ async def test_the_dev_modes_own_traffic_holds_no_alert(broker, topics, promethe
         if traffic is not None:
             await traffic
         relay.request_stop()
-        await asyncio.wait_for(relay_task, 30)
+        # Not this test's subject (tests/reliability/test_shutdown.py is): in 1 of 3 full suite
+        # runs on 2026-12-06 this stop took over 30 s (cause not found yet; see the issue note).
+        await asyncio.wait_for(relay_task, 60)
         for sandbox in sandboxes:
             await sandbox.stop()
