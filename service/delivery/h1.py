@@ -8,7 +8,8 @@ fraction of its CPU per request:
   (or HTTP/1.0 without keep-alive), or that sat idle over `IDLE_TIMEOUT_S`, is dropped; a reused
   connection that closes without a byte of answer right after the write (the idle keep-alive
   race) has its request sent once more on a fresh connection;
-- a request is one `transport.write` of bytes built from a cached per-origin Host block and a
+- a request is one `transport.write` (the requests of one loop turn written back to back in the
+  next) of bytes built from a cached per-origin Host block and a
   cached, validated header block; the caller's task awaits one Future that the connection's
   parser callbacks resolve (no Task, no StreamReader per request);
 - one `loop.call_at` timer per request bounds the whole exchange (`timeout_s`); connecting is
@@ -131,14 +132,23 @@ class _Conn(asyncio.Protocol):
 
     # -- the exchange, driven by H1Transport.send ----------------------------------------------
 
-    def begin(self, fut: asyncio.Future[VendorResponse], data: bytes, now: float) -> None:
-        """Send one request (at loop time `now`) whose answer will resolve `fut`."""
+    def begin(self, fut: asyncio.Future[VendorResponse], now: float) -> None:
+        """Start one exchange (at loop time `now`) whose answer will resolve `fut`; the request's
+        bytes go out with the transport's next flush."""
         self._reset()
         self.keep_alive = False
         self.fut = fut
         self.sent_at = now
-        assert self.transport is not None
-        self.transport.write(data)
+
+    def write(self, fut: asyncio.Future[VendorResponse], data: bytes) -> None:
+        """Write the request of the exchange `fut`, unless that exchange has ended meanwhile."""
+        transport = self.transport
+        if self.fut is not fut or fut.done() or transport is None or transport.is_closing():
+            return  # cancelled, timed out or failed before its turn: nothing may go out
+        try:
+            transport.write(data)
+        except Exception as exc:  # a transport refusing a write must not stop the others
+            self._fail(self._refuse(f"could not send the request ({exc})"))
 
     def expire(self) -> None:
         """The exchange's deadline passed: fail it and close the connection (never reused)."""
@@ -550,6 +560,8 @@ class H1Transport:
         # `scheme://netloc` as the request URLs spell it → its origin.
         self._origins: dict[str, _Origin] = {}
         self._closed = False
+        # Requests built in this loop turn, written together by one callback in the next turn.
+        self._unsent: list[tuple[_Conn, asyncio.Future[VendorResponse], bytes]] = []
 
     def _origin(self, url: str, end: int) -> tuple[_Origin, str]:
         """The origin of `url` and its request target (path and query), from the cache if known."""
@@ -606,7 +618,10 @@ class H1Transport:
             fut: asyncio.Future[VendorResponse] = loop.create_future()
             timer = loop.call_at(deadline, conn.expire)
             try:
-                conn.begin(fut, data, now)
+                conn.begin(fut, now)
+                if not self._unsent:
+                    loop.call_soon(self._flush)
+                self._unsent.append((conn, fut, data))
                 return await fut
             except _StaleConnection:
                 if retried:
@@ -616,6 +631,19 @@ class H1Transport:
             finally:
                 timer.cancel()
                 conn.finish(loop.time())
+
+    def _flush(self) -> None:
+        """Write every request built since the last flush, back to back.
+
+        Writing each request the moment it is built interleaves one send() per request with the
+        relay's Python work; on a virtualised host each system call costs the code after it
+        (measured: 64 → 49 µs CPU per delivery at concurrency 64 against nginx) and a burst of
+        writes lets the server take a burst per wake-up. The cost is one loop turn of delay.
+        """
+        unsent = self._unsent
+        self._unsent = []
+        for conn, fut, data in unsent:
+            conn.write(fut, data)
 
     async def aclose(self) -> None:
         """Close every connection; later sends fail as unreachable."""

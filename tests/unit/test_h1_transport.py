@@ -590,6 +590,50 @@ async def test_a_cancelled_send_closes_its_connection_and_frees_the_slot(
     assert server.connections == 2
 
 
+async def test_a_send_cancelled_before_its_request_went_out_writes_nothing(
+    raw_server: RawFactory,
+) -> None:
+    """Cancelled in the loop turn that built it, a request never reaches the vendor."""
+    server = await raw_server(always(OK))
+    single = transport(pool_size=1)
+    try:
+        assert (await single.send(post(server.url))).body == b"ok"  # a warm connection
+        cancelled = asyncio.ensure_future(single.send(post(server.url, b"never")))
+        await asyncio.sleep(0)  # the send has built its request and waits for its answer
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert (await single.send(post(server.url, b"after"))).body == b"ok"
+    finally:
+        await single.aclose()
+    assert [request.endswith(b"never") for request in server.requests] == [False, False]
+
+
+async def test_requests_built_in_one_loop_turn_are_written_together(
+    raw_server: RawFactory,
+) -> None:
+    """Concurrent sends are written back to back by one flush, not one write per task turn."""
+    server = await raw_server(always(OK))
+    four = transport(pool_size=4)
+    flushes = 0
+    real_flush = four._flush
+
+    def counting_flush() -> None:
+        nonlocal flushes
+        flushes += 1
+        real_flush()
+
+    try:
+        # Four warm connections first.
+        await asyncio.gather(*(four.send(post(server.url)) for _ in range(4)))
+        four._flush = counting_flush  # type: ignore[method-assign]
+        answers = await asyncio.gather(*(four.send(post(server.url)) for _ in range(4)))
+    finally:
+        await four.aclose()
+    assert [answer.body for answer in answers] == [b"ok"] * 4
+    assert (flushes, server.connections, len(server.requests)) == (1, 4, 8)
+
+
 # -- connection reuse and its end -------------------------------------------------------------
 
 
