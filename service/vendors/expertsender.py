@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 from types import MappingProxyType
 from typing import Annotated, ClassVar, Literal
+from xml.sax.saxutils import escape
 
 import msgspec
 
@@ -94,19 +95,24 @@ def _guid_text(value: str, field: str) -> str:
     return value.strip()
 
 
-def _child(parent: ET.Element, tag: str, text: str) -> None:
-    ET.SubElement(parent, tag).text = text
+# ElementTree's serialisation of the doc's ApiRequest, written out: the tags and attributes are
+# ours and fixed, so only the text nodes need escaping (ET.tostring cost ~17 µs per request).
+_PROLOGUE = "<?xml version='1.0' encoding='utf-8'?>\n<ApiRequest {}>".format(
+    " ".join(f'{name}="{value}"' for name, value in _NAMESPACES.items())
+)
+
+
+def _element(tag: str, text: str) -> str:
+    # As ElementTree writes it: text escaped (&, <, >), an empty element self-closed.
+    return f"<{tag}>{escape(text)}</{tag}>" if text else f"<{tag} />"
 
 
 def request_xml(api_key: str, data: Mapping[str, str]) -> bytes:
-    """Serialise an ApiRequest; ElementTree escapes every text node."""
-    root = ET.Element("ApiRequest", _NAMESPACES)
-    _child(root, "ApiKey", api_key)
-    data_element = ET.SubElement(root, "Data")
-    for tag, text in data.items():
-        _child(data_element, tag, text)
-    body: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
-    return body
+    """Serialise an ApiRequest exactly as ElementTree would, every text node escaped."""
+    elements = "".join([_element(tag, text) for tag, text in data.items()])
+    data_xml = f"<Data>{elements}</Data>" if elements else "<Data />"
+    xml = f"{_PROLOGUE}{_element('ApiKey', api_key)}{data_xml}</ApiRequest>"
+    return xml.encode("utf-8", "xmlcharrefreplace")
 
 
 def _local(tag: str) -> str:

@@ -7,6 +7,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.errors import VendorInputError
 from service.events import ConversionEvent, decode_event
@@ -16,6 +18,7 @@ from service.vendors.expertsender import (
     ExpertSenderConfig,
     error_message,
     goal_value,
+    request_xml,
 )
 
 GUID = "C7015756-95F3-4509-8C6C-759FEEC48F91"
@@ -219,3 +222,43 @@ def test_error_message_ignores_oversized_or_foreign_bodies() -> None:
     assert error_message(b"<ApiResponse/>") is None
     assert error_message(b'{"Code": 400}') is None
     assert error_message(b"<a>" + b" " * 70_000 + b"</a>") is None
+
+
+def _element_tree_xml(api_key: str, data: dict[str, str]) -> bytes:
+    """The reference serialisation: ElementTree, as the adapter first built it."""
+    root = ET.Element(
+        "ApiRequest",
+        {
+            "xmlns:xsi": "http://www.w3.org/2001/XMLSchema-instance",
+            "xmlns:xs": "http://www.w3.org/2001/XMLSchema",
+        },
+    )
+    ET.SubElement(root, "ApiKey").text = api_key
+    data_element = ET.SubElement(root, "Data")
+    for tag, text in data.items():
+        ET.SubElement(data_element, tag).text = text
+    body: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return body
+
+
+@settings(max_examples=300)
+@given(
+    api_key=st.text(),
+    data=st.dictionaries(
+        st.sampled_from(["GoalId", "GoalValue", "MessageGuid", "Channel"]), st.text(), max_size=4
+    ),
+)
+def test_request_xml_is_byte_for_byte_what_element_tree_writes(
+    api_key: str, data: dict[str, str]
+) -> None:
+    """Escaping (&, <, >), quotes, non-ASCII, lone surrogates and empty texts alike."""
+    assert request_xml(api_key, data) == _element_tree_xml(api_key, data)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "a&b<c>d", "\"quoted\" 'single'", "Zürich 東京", "\ud800", "]]>", "\x01\t\n"]
+)
+def test_request_xml_matches_element_tree_on_awkward_texts(text: str) -> None:
+    """The cases worth naming, each in the key and in a data field."""
+    data = {"GoalId": "2", "MessageGuid": text}
+    assert request_xml(text, data) == _element_tree_xml(text, data)
