@@ -243,6 +243,8 @@ class AltcraftAdapter:
     def classify(self, response: VendorResponse) -> Outcome:
         """`{"error": 0}` is delivered; a non-zero error is rejected unless configured transient."""
         status, answer = response.status, parse_answer(response.body)
+        if answer is not None and answer.error == 0 and (delivered := delivered_outcome(status)):
+            return delivered  # the common case: nothing to redact or explain
         success = 200 <= status < 300
         text = redact(response.body[:512].decode("utf-8", "replace"))
         if answer is None and success:  # HTTP says fine, yet nothing says the goal was recorded

@@ -9,6 +9,7 @@ import pytest
 
 from service.errors import VendorInputError
 from service.events import ConversionEvent, decode_event
+from service.vendors import altcraft
 from service.vendors.altcraft import AltcraftAdapter, AltcraftConfig, parse_answer, pixel_data
 from service.vendors.base import OutcomeKind, Route, VendorResponse
 
@@ -306,3 +307,17 @@ def test_parse_answer_takes_json_and_the_xml_form_only() -> None:
     assert parse_answer(b"<xml><error>3</error></xml>") is not None
     assert parse_answer(b"<xml><error>x</error></xml>") is None
     assert parse_answer(b"[]") is None
+
+
+def test_a_delivered_answer_is_classified_without_redacting_its_body(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`{"error": 0}` on a 2xx is the hot path: no excerpt is made (redaction costs ~27 µs)."""
+
+    def no_redaction(text: str) -> str:
+        raise AssertionError(f"redacted on the delivered path: {text!r}")
+
+    monkeypatch.setattr(altcraft, "redact", no_redaction)
+    body = b'{"error":0,"error_text":"Successful operation","data":{}}'
+    outcome = AltcraftAdapter("altcraft", config()).classify(VendorResponse(200, {}, body))
+    assert (outcome.kind, outcome.status) == (OutcomeKind.DELIVERED, 200)
