@@ -464,18 +464,25 @@ class Sender:
         rate limit): on the happy path the only await is the exchange itself."""
         breaker = self.breaker
         vendor_wait_s = 0.0
+        waited = False  # a pause may start while a request waits: then look again below
         if breaker is not None and breaker.state is not BreakerState.CLOSED:
             vendor_wait_s = await self._breaker_layer.wait(attempts)  # breaker
+            waited = True
         limiter = self._limiter
-        if limiter.pause_left_s(self.vendor) > 0:
+        paused = limiter.pause_left_s(self.vendor) > 0
+        if paused:
             vendor_wait_s += await self._pause.wait()  # limiter pause (Retry-After, bounded)
+            waited = True
         gate = self._gate
         if gate.must_wait():
             await gate.enter()  # concurrency gate (AIMD)
+            waited = True
         else:
             gate.active += 1
         try:
-            if self._limited or limiter.pause_left_s(self.vendor) > 0:
+            if waited:
+                paused = limiter.pause_left_s(self.vendor) > 0
+            if self._limited or paused:
                 await limiter.acquire(self.vendor)  # rate token, inside the gate
             if vendor_wait_s:
                 attempts.excused_s += vendor_wait_s

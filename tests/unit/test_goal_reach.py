@@ -117,3 +117,19 @@ def test_classify_maps_statuses_to_outcomes(status, headers, kind, retry_after):
     assert outcome.status == status
     if kind is OutcomeKind.REJECT:
         assert outcome.reason == f"http_{status}" and "message" in outcome.detail
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2022, 10, 27, 12, 23, 25, tzinfo=UTC),  # no fraction: still six digits
+        datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC),  # a four-digit year, zero-padded
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    ],
+)
+def test_a_utc_moment_is_formatted_as_the_conversion_would_format_it(moment: datetime) -> None:
+    """The UTC fast path and the converting path give the same text."""
+    from service.vendors.goal_reach import created_on_utc
+
+    converted = moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    assert created_on_utc(moment) == converted
