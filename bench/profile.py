@@ -25,6 +25,8 @@ from bench import kafka, relay
 from bench.procs import Proc, install_signal_handlers, stop_all
 from bench.report import Noise, machine
 from bench.sinks import NginxSink, nginx_binary
+from bench.workload import expected_deliveries
+from service.config import parse_config
 from service.devtools.demo import sample_lines
 from service.devtools.embedded import EmbeddedBroker
 
@@ -186,14 +188,25 @@ async def profile(args: argparse.Namespace, work: Path) -> tuple[Run, Flame] | s
         await kafka.preload(broker.bootstrap, topic, sample_lines(args.events))
         sink = NginxSink(work)
         sink.wait_ready()
+        vendors = (
+            relay.single_vendor(sink.base_url, args.concurrency)
+            if args.vendors == 1
+            else {
+                name: relay.vendor_section(name, sink.vendor_url(name), args.concurrency)
+                for name in relay.FIVE_VENDORS
+            }
+        )
         config = relay.relay_config(
             broker.bootstrap,
             topic,
-            relay.single_vendor(sink.base_url, args.concurrency),
+            vendors,
             relay.new_http_port(),
             "profile",
             args.transport,
         )
+        parsed = parse_config(config)
+        routed = expected_deliveries(sample_lines(args.events), dict(parsed.vendors))
+        args.expected = sum(routed.values())
         run = relay.RelayProcess("relay", config, work)
         try:
             return await _sample(args, spy, run.proc, sink, work)
@@ -227,7 +240,8 @@ async def _sample(
     sampling_from = time.monotonic()
     spy_proc = Proc("py-spy", command, work / "py-spy.log")
     deadline = sampling_from + args.max_seconds
-    while (await sink.stats()).accepted < args.events and time.monotonic() < deadline:
+    expected = args.expected
+    while (await sink.stats()).accepted < expected and time.monotonic() < deadline:
         if not relay_proc.alive() or not spy_proc.alive():
             break
         await asyncio.sleep(POLL_S)
@@ -246,7 +260,8 @@ def report(args: argparse.Namespace, noise: Noise, result: tuple[Run, Flame] | s
     """The whole Markdown output."""
     transport = args.transport or f"{relay.default_transport()} (the relay's default)"
     lines = [
-        f"## Profile: conversion-relay, 1 vendor, {transport} transport, nginx sink",
+        f"## Profile: conversion-relay, {args.vendors} vendor{'s' if args.vendors > 1 else ''}, "
+        f"{transport} transport, nginx sink",
         "",
         *machine(noise),
         f"- command: `python -m bench.profile {' '.join(sys.argv[1:])}`",
@@ -258,7 +273,7 @@ def report(args: argparse.Namespace, noise: Noise, result: tuple[Run, Flame] | s
     rate = (run.deliveries - 1) / run.window_s if run.window_s > 0 else None
     sampled_cpu_s = flame.total / args.rate
     lines += [
-        f"- {run.deliveries:,} of {args.events:,} events delivered, concurrency "
+        f"- {run.deliveries:,} deliveries of {args.events:,} events, concurrency "
         f"{args.concurrency}"
         + (f", {rate:,.0f} deliveries/s while sampled (py-spy slows it)" if rate else ""),
         f"- py-spy {args.rate}/s for {run.sampled_s:.1f} s, "
@@ -284,6 +299,13 @@ def main() -> None:
     )
     parser.add_argument("--events", type=int, default=50_000, help="backlog (default 50,000)")
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--vendors",
+        type=int,
+        choices=(1, 5),
+        default=1,
+        help="1 (sustain_impact) or the five vendors of bench/relay.py, one nginx location each",
+    )
     parser.add_argument(
         "--transport",
         choices=("h1", "pyreqwest", "aiohttp"),
