@@ -4,13 +4,14 @@ A partition pauses when its window (records from its commit point) is full, so a
 holds back only its own partition. Every partition pauses while the pipeline is at its in-flight
 caps (records or bytes) or the vendor's breaker is open, and resumes under the low-water marks.
 The fetch loop keeps calling `getmany` while paused (paused partitions return nothing): a
-consumer that stops polling for `max_poll_interval_ms` leaves its group.
+consumer that stops polling for `max_poll_interval_ms` leaves its group. A paused partition is
+left out of those calls, so what aiokafka fetched for it waits instead of being fetched again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from aiokafka import TopicPartition
 
@@ -26,6 +27,10 @@ class Pausable(Protocol):
 
     def resume(self, *partitions: TopicPartition) -> None:
         """Fetch these partitions again."""
+
+
+# Never assigned to anyone (Kafka partitions are numbered from 0): see FlowControl.fetchable.
+KEEPALIVE: Final = TopicPartition("conversion-relay.keepalive", -1)
 
 
 class FlowControl:
@@ -44,6 +49,23 @@ class FlowControl:
     def paused(self) -> frozenset[TopicPartition]:
         """The partitions paused now."""
         return frozenset(self._paused)
+
+    def fetchable(
+        self, windows: Mapping[TopicPartition, PartitionWindow]
+    ) -> tuple[TopicPartition, ...]:
+        """The partitions a fetch may return records of: `getmany(*fetchable(...))`.
+
+        aiokafka drops the records it has fetched but not yet returned for a partition when a
+        getmany covering it finds it paused, and fetches them again after the resume: at the
+        caps that re-read most of every fetch. So a paused partition is left out of the call
+        (its fetched records wait in aiokafka, bounded by max_partition_fetch_bytes). Empty
+        means every partition (nothing paused); all paused gives `KEEPALIVE` alone, a partition
+        nobody is assigned: the call still counts as a poll for the group, and returns nothing.
+        """
+        paused = self._paused
+        if not paused:
+            return ()
+        return tuple(tp for tp in windows if tp not in paused) or (KEEPALIVE,)
 
     def room(self, windows: Mapping[TopicPartition, PartitionWindow]) -> int:
         """How many more records one fetch may bring (at least 1: getmany is always called)."""

@@ -351,7 +351,9 @@ class VendorPipeline:
                 timeout_ms = 0
             try:
                 batch = await self._consumer.getmany(
-                    timeout_ms=timeout_ms, max_records=flow.room(self._windows)
+                    *flow.fetchable(self._windows),
+                    timeout_ms=timeout_ms,
+                    max_records=flow.room(self._windows),
                 )
             except RecordTooLargeError as exc:
                 batch = self._too_large_for_fetch(exc)

@@ -297,3 +297,38 @@ async def test_an_unexpected_error_is_retried_and_never_stalls_the_partition(
     await wait_for(lambda: pipeline.in_flight == 0, 10, "all terminal")
     assert len(failures) == 2
     assert Counter(p["CustomerId"] for p in si.payloads()) == want
+
+
+async def test_a_paused_partition_keeps_its_fetched_records_instead_of_fetching_them_again(
+    broker, topics, sandbox_factory, run_relay, monkeypatch
+):
+    """Pausing at the cap must not drop what aiokafka already fetched: every record is read
+    from the fetched bytes about once, not once per pause (each refetch re-reads a whole fetch)."""
+    from service import kafka as kafka_module
+
+    unpacked: Counter[tuple[int, int]] = Counter()
+    real = kafka_module.LenientPartitionRecords._consumer_record
+
+    def counting(self: Any, tp: Any, record: Any) -> Any:
+        unpacked[(tp.partition, record.offset)] += 1
+        return real(self, tp, record)
+
+    monkeypatch.setattr(kafka_module.LenientPartitionRecords, "_consumer_record", counting)
+    si = await sandbox_factory()
+    si.faults.latency_s = 0.002
+    config = relay_config(
+        broker,
+        topics,
+        {"sustain_impact": goal_reach_vendor(si, concurrency=8)},
+        pipeline={"max_in_flight": 40, "resume_below": 10},
+    )
+    lines = list(sample_lines(1200))
+    await publish(broker.bootstrap, topics.source, lines)
+    relay = await run_relay(config)
+    expected = sum(_expected(_events(lines), "sustain_impact", {"purchase", "signup"}).values())
+    await wait_for(lambda: len(si.accepted) >= expected, 60, "every delivery")
+    await wait_for(lambda: relay.pipelines["sustain_impact"].in_flight == 0, 10, "no record left")
+    assert len(unpacked) == len(lines)
+    assert sum(unpacked.values()) <= 1.2 * len(lines), (
+        f"{sum(unpacked.values())} records read for {len(lines)}: fetched again after pauses"
+    )

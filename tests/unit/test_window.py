@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from service.config import PipelineConfig
 from service.core.window import PartitionWindow
-from service.delivery.flow import FlowControl
+from service.delivery.flow import KEEPALIVE, FlowControl
 
 TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
 
@@ -99,3 +99,23 @@ def test_bytes_over_the_cap_pause_everything_until_half_of_it():
     window.complete(1)
     flow.update(windows, blocked=False)
     assert consumer.paused == set()
+
+
+def test_a_fetch_covers_only_partitions_that_are_not_paused():
+    """Paused partitions are left out of getmany (aiokafka would drop what it fetched for them);
+    with every partition paused the fetch names KEEPALIVE alone, which nobody is assigned."""
+    consumer = Pauses()
+    flow = FlowControl(consumer, PipelineConfig(max_in_flight=5), _gauge())
+    full, free = PartitionWindow(1), PartitionWindow(2)
+    windows = {TP0: full, TP1: free}
+    flow.update(windows, blocked=False)
+    assert flow.fetchable(windows) == ()  # nothing paused: every partition
+    for offset in range(5):
+        full.dispatch(offset, 1)
+    for offset in range(1, 5):
+        full.complete(offset)  # offset 0 unfinished: the window is full, the pipeline is not
+    flow.update(windows, blocked=False)
+    assert flow.fetchable(windows) == (TP1,)
+    flow.update(windows, blocked=True)
+    assert flow.fetchable(windows) == (KEEPALIVE,)
+    assert KEEPALIVE.partition < 0
