@@ -93,6 +93,9 @@ class ConductricsAdapter:
     def __init__(self, vendor: str, config: ConductricsConfig) -> None:
         self.vendor = vendor
         self.config = config
+        # agent_api_url, split around the two per-event values (it cost ~3.6 µs per request).
+        self._url_head = agent_api_url(config.base_url, config.account, {"vid": ""})
+        self._apikey = quote(config.api_key, safe="")
 
     def missing_identity(self, event: ConversionEvent) -> str | None:
         """The goal is matched to the variation by the External Visitor ID alone."""
@@ -107,8 +110,11 @@ class ConductricsAdapter:
             raise VendorInputError(f"value {event.value!r} is not a finite number")
         vid = event.customer.ids[config.visitor_id_key]
         session = event.context.session_id or vid
-        query = {"vid": vid, "session": session, "apikey": config.api_key}
-        url = agent_api_url(config.base_url, config.account, query)
+        # = agent_api_url(base_url, account, {"vid": vid, "session": session, "apikey": key})
+        url = (
+            f"{self._url_head}{quote(vid, safe='')}&session={quote(session, safe='')}"
+            f"&apikey={self._apikey}"
+        )
         body = CommandsBody([GoalCommand(g=route.goal_id, v=event.value)])
         return VendorRequest("POST", url, _HEADERS, _encoder.encode(body))
 

@@ -7,6 +7,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.errors import VendorInputError
 from service.events import ConversionEvent, decode_event
@@ -139,3 +141,22 @@ def test_classify_follows_the_default_table(
     assert (outcome.kind, outcome.retry_after_s) == (kind, retry_after_s)
     delivered = kind is OutcomeKind.DELIVERED
     assert outcome.detail == ("" if delivered else '{"err": "x"}')
+
+
+@settings(max_examples=200)
+@given(
+    vid=st.text(min_size=1),
+    session=st.one_of(st.none(), st.text(min_size=1)),
+    api_key=st.text(min_size=1),
+    base_url=st.sampled_from(["https://h", "https://h/", "http://127.0.0.1:8080/v/c/"]),
+)
+def test_the_built_url_is_exactly_agent_api_url(
+    vid: str, session: str | None, api_key: str, base_url: str
+) -> None:
+    """The adapter's precomputed URL parts give what agent_api_url gives for every value."""
+    adapter = ConductricsAdapter("c", config(api_key=api_key, base_url=base_url))
+    built = adapter.build(
+        event(customer={"ids": {"conductrics": vid}}, context={"session_id": session}), ROUTE
+    )
+    query = {"vid": vid, "session": session or vid, "apikey": api_key}
+    assert built.url == agent_api_url(base_url, "ac-xxx", query)
