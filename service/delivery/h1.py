@@ -30,7 +30,8 @@ import base64
 import socket
 import ssl
 from collections import deque
-from typing import Final, cast
+from collections.abc import Iterator, Mapping
+from typing import Any, Final, cast
 from urllib.parse import quote, unquote, urlsplit
 
 import httptools
@@ -70,6 +71,44 @@ def tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
     if ca_bundle:
         context.load_verify_locations(cafile=ca_bundle)
     return context
+
+
+class _Headers(Mapping[str, str]):
+    """An answer's headers, decoded (latin-1) into a case-insensitive CIMultiDict on first use:
+    a delivered answer's headers are rarely read, and decoding them cost ~1 µs per request."""
+
+    __slots__ = ("_decoded", "_raw")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+        self._decoded: CIMultiDict[str] | None = None
+
+    def _headers(self) -> CIMultiDict[str]:
+        decoded = self._decoded
+        if decoded is None:
+            decoded = self._decoded = CIMultiDict(
+                [(name.decode("latin-1"), value.decode("latin-1")) for name, value in self._raw]
+            )
+        return decoded
+
+    def __getitem__(self, name: str) -> str:
+        return self._headers()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._headers())
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._headers()
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The first value of `name` (any case), else `default`."""
+        return self._headers().get(name, default)
+
+    def __repr__(self) -> str:
+        return f"<headers {dict(self._headers().items())!r}>"
 
 
 class _StaleConnection(VendorUnreachable):
@@ -119,7 +158,7 @@ class _Conn(asyncio.Protocol):
         """Fresh state for the next answer on this connection."""
         self.got_bytes = False
         self.status = 0
-        self.headers: CIMultiDict[str] = CIMultiDict()
+        self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.body_bytes = 0
         self.head_bytes = 0
@@ -206,7 +245,7 @@ class _Conn(asyncio.Protocol):
         fut = self.fut
         self.fut = None
         if fut is not None and not fut.done():
-            fut.set_result(VendorResponse(self.status, self.headers, body))
+            fut.set_result(VendorResponse(self.status, _Headers(self.headers), body))
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -302,7 +341,7 @@ class _Conn(asyncio.Protocol):
                     )
             elif lowered == b"transfer-encoding":
                 self.framed = True
-        self.headers.add(name.decode("latin-1"), value.decode("latin-1"))
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         """The status is known; a response without framing runs until the server closes."""

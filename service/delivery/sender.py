@@ -313,8 +313,10 @@ def redirect_outcome(
 
 def bound_retry_after(outcome: Outcome, response: VendorResponse, max_s: float) -> Outcome:
     """The outcome with its Retry-After cut to `max_s`, or dropped (with a note) if unusable."""
+    if not outcome.retriable:
+        return outcome  # (delivered answers' headers are never read)
     header = response.headers.get("Retry-After")
-    if not outcome.retriable or header is None:
+    if header is None:
         return outcome
     wait_s, note = bounded_retry_after(header, outcome.retry_after_s, max_s)
     if not note:
