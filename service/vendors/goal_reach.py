@@ -67,8 +67,12 @@ def _params(params: Mapping[str, ParamValue | None]) -> dict[str, str]:
 
 def created_on_utc(moment: datetime) -> str:
     """Format a moment the way the doc's example does: `2022-10-27 12:23:25.367999`."""
-    # isoformat is C code and several times faster than strftime on this per-event path.
-    if moment.tzinfo is UTC:  # a `Z` timestamp (the usual): no conversion, the offset cut off
+    if moment.tzinfo is UTC:  # a `Z` timestamp (the usual): no conversion needed
+        # msgspec writes it as `"2022-10-27T12:23:25.367999Z"` (no fraction when it is zero)
+        # in ~0.06 µs; isoformat takes ~0.9 µs, strftime ~1.7 µs on this per-event path.
+        text = _encoder.encode(moment)
+        if len(text) == 29:
+            return text[1:27].decode().replace("T", " ", 1)
         return moment.isoformat(" ", "microseconds")[:26]
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 

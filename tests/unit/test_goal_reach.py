@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from service.errors import VendorInputError
 from service.events import ConversionEvent, Customer
@@ -125,10 +127,21 @@ def test_classify_maps_statuses_to_outcomes(status, headers, kind, retry_after):
         datetime(2022, 10, 27, 12, 23, 25, tzinfo=UTC),  # no fraction: still six digits
         datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC),  # a four-digit year, zero-padded
         datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 12, 6, 12, 50, 30, 500000, tzinfo=UTC),  # trailing zeros kept
+        datetime(2026, 12, 6, 12, 50, 30, 7, tzinfo=UTC),  # leading zeros kept
     ],
 )
 def test_a_utc_moment_is_formatted_as_the_conversion_would_format_it(moment: datetime) -> None:
     """The UTC fast path and the converting path give the same text."""
+    from service.vendors.goal_reach import created_on_utc
+
+    converted = moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    assert created_on_utc(moment) == converted
+
+
+@given(st.datetimes(timezones=st.just(UTC)))
+def test_every_utc_moment_is_formatted_as_the_conversion_would_format_it(moment: datetime) -> None:
+    """The fast path holds for any UTC moment hypothesis finds."""
     from service.vendors.goal_reach import created_on_utc
 
     converted = moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
