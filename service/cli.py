@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import shutil
@@ -21,7 +22,7 @@ import traceback
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import msgspec
 
@@ -72,6 +73,17 @@ def _config_path(args: argparse.Namespace) -> str:
 
 def _load(args: argparse.Namespace) -> Config:
     return load_config(_config_path(args))
+
+
+# The relay holds thousands of records in flight, each a few tracked containers that outlive a
+# young collection; at CPython's default (700, 10, 10) the collector re-scanned them several
+# times a second: 3.7 µs CPU per delivery with five vendors, 0.7 µs at these thresholds. The
+# relay makes little cyclic garbage, so collecting less often costs no memory worth counting.
+GC_THRESHOLDS: Final = (10_000, 10, 10)
+
+
+def _tune_gc() -> None:
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _run_async(coro: Coroutine[Any, Any, int]) -> int:
@@ -163,6 +175,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging.getLogger("conversion_relay.config").warning(warning)
     _vendor_names(config, args.vendor, enabled_only=True)
     workers = config.workers if args.workers is None else args.workers
+    _tune_gc()  # the supervisor and each worker (they start through this command too)
     if workers > 1:
         from service.workers import Supervisor
 

@@ -16,7 +16,7 @@ Text = Annotated[str, msgspec.Meta(max_length=4096)]
 Params = Annotated[dict[ShortStr, ParamValue | None], msgspec.Meta(max_length=256)]
 
 
-class Customer(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Customer(msgspec.Struct, gc=False, frozen=True, kw_only=True, omit_defaults=True):
     """Who reached the goal: contact data and each vendor's own id for them."""
 
     email: Text | None = None
@@ -28,7 +28,7 @@ class Customer(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     ids: Annotated[dict[ShortStr, Text], msgspec.Meta(max_length=64)] = {}
 
 
-class Context(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Context(msgspec.Struct, gc=False, frozen=True, kw_only=True, omit_defaults=True):
     """Where the conversion came from: session, referer, language and UTM tags."""
 
     session_id: Text | None = None
@@ -41,7 +41,7 @@ class Context(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     utm_content: Text | None = None
 
 
-class Order(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Order(msgspec.Struct, gc=False, frozen=True, kw_only=True, omit_defaults=True):
     """The order behind a purchase conversion, for vendors that take one."""
 
     order_id: Text | None = None
@@ -51,7 +51,7 @@ class Order(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     categories: Annotated[list[Text], msgspec.Meta(max_length=256)] = []
 
 
-class ConversionEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class ConversionEvent(msgspec.Struct, gc=False, frozen=True, kw_only=True, omit_defaults=True):
     """One goal reached by one customer; vendor-neutral, unknown fields ignored."""
 
     event_id: ShortStr

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import msgspec
 
 
-class VendorRequest(msgspec.Struct, frozen=True):
+class VendorRequest(msgspec.Struct, gc=False, frozen=True):
     """One HTTP request, fully built and encoded once."""
 
     method: str
@@ -18,7 +18,7 @@ class VendorRequest(msgspec.Struct, frozen=True):
     body: bytes
 
 
-class VendorResponse(msgspec.Struct, frozen=True):
+class VendorResponse(msgspec.Struct, gc=False, frozen=True):
     """What a vendor answered."""
 
     status: int
@@ -34,7 +34,7 @@ class OutcomeKind(enum.Enum):
     REJECT = "reject"
 
 
-class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+class Outcome(msgspec.Struct, gc=False, frozen=True, kw_only=True):
     """A classified answer: what happened, a short reason code and the vendor's own words."""
 
     kind: OutcomeKind
@@ -49,7 +49,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
         return self.kind is OutcomeKind.RETRY
 
 
-class Route(msgspec.Struct, frozen=True):
+class Route(msgspec.Struct, gc=False, frozen=True):
     """An event routed to a vendor: the vendor's own id for the event's goal."""
 
     vendor: str
@@ -65,7 +65,7 @@ class DecisionKind(enum.Enum):
     ABANDONED = "abandoned"  # not sent: the record's partition was revoked while it waited
 
 
-class Decision(msgspec.Struct, frozen=True, kw_only=True):
+class Decision(msgspec.Struct, gc=False, frozen=True, kw_only=True):
     """The sender's answer to the pipeline for one try: the seam between the two."""
 
     kind: DecisionKind

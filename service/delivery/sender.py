@@ -82,7 +82,7 @@ def _always() -> bool:
 _ABANDONED = Decision(kind=DecisionKind.ABANDONED)
 
 
-class Attempts(msgspec.Struct, kw_only=True):
+class Attempts(msgspec.Struct, gc=False, kw_only=True):
     """What happened so far to one record's delivery."""
 
     count: int = 0

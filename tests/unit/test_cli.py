@@ -158,3 +158,29 @@ def test_table_keeps_markup_as_text_and_fits_the_width() -> None:
 def test_age_is_short() -> None:
     """Ages read like kubectl's."""
     assert [age(s) for s in (None, 5, 125, 7300, 90000)] == ["?", "5s", "2m", "2h", "1d"]
+
+
+def test_run_raises_the_collectors_thresholds_before_the_relay_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Thousands of in-flight records must not be re-scanned by every young collection."""
+    import gc
+
+    from service import cli
+
+    seen: list[tuple[int, int, int]] = []
+
+    def started(coro: object) -> int:
+        seen.append(gc.get_threshold())
+        coro.close()  # type: ignore[attr-defined]
+        return 0
+
+    monkeypatch.setattr(cli, "_run_async", started)
+    monkeypatch.setenv("RELAY_CONFIG", str(ROOT / "examples" / "config.yaml"))
+    before = gc.get_threshold()
+    try:
+        assert main(["run"]) == 0
+    finally:
+        gc.set_threshold(*before)
+    assert seen == [cli.GC_THRESHOLDS]
+    assert cli.GC_THRESHOLDS[0] >= 10 * before[0]

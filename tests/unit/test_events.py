@@ -97,3 +97,37 @@ def test_missing_required_field_is_named():
     del data["event_id"]
     with pytest.raises(EventError, match="missing required field `event_id`"):
         decode_event(orjson.dumps(data))
+
+
+def test_what_a_record_carries_in_flight_is_not_tracked_by_the_cyclic_collector() -> None:
+    """Events, requests, answers and attempts cannot form cycles, so the collector need not
+    re-scan the thousands held in flight (msgspec `gc=False`)."""
+    import gc
+
+    from service.core.exchange import (
+        Decision,
+        DecisionKind,
+        Outcome,
+        OutcomeKind,
+        Route,
+        VendorRequest,
+        VendorResponse,
+    )
+    from service.delivery.sender import Attempts
+    from service.devtools.demo import sample_lines
+
+    event = decode_event(next(sample_lines(1)))
+    outcome = Outcome(kind=OutcomeKind.DELIVERED, status=200)
+    held = [
+        event,
+        event.customer,
+        event.context,
+        event.order,
+        VendorRequest("POST", "https://v/goal", {"A": "b"}, b"{}"),
+        VendorResponse(200, {"A": "b"}, b""),
+        outcome,
+        Decision(kind=DecisionKind.DELIVERED, outcome=outcome),
+        Route("v", "g"),
+        Attempts(),
+    ]
+    assert [type(item).__name__ for item in held if gc.is_tracked(item)] == []
