@@ -139,6 +139,14 @@ def exact(value: str | None, field: str) -> str | None:
     return value
 
 
+def _date(moment: datetime) -> str:
+    """The moment in ISO 8601 to the second with its own offset (`2026-01-01T10:00:00+03:00`)."""
+    if moment.tzinfo is UTC:
+        # msgspec writes `"2026-01-01T10:00:00[.ffffff]Z"` ~10x faster than isoformat.
+        return f"{_encoder.encode(moment)[1:20].decode()}+00:00"
+    return moment.isoformat(timespec="seconds")
+
+
 def clipped(value: str | None) -> str | None:
     """Descriptive text cut to the doc's limit."""
     return None if value is None else value[:MAX_STRING_CHARS]
@@ -150,10 +158,15 @@ def pixel_data(attributes: Mapping[str, ParamValue | None]) -> dict[str, ParamVa
     for key, value in attributes.items():
         if value is None:
             continue
-        exact(key, f"attributes key {key[:32]!r}")
-        if isinstance(value, str):
+        # The field names are built only for the error (an f-string per attribute cost more
+        # than the rest of the check).
+        if len(key) > MAX_STRING_CHARS:
+            exact(key, f"attributes key {key[:32]!r}")
+        if isinstance(value, str) and len(value) > MAX_STRING_CHARS:
             exact(value, f"attributes.{key}")
         data[key] = value
+    if not data:
+        return data
     size = len(_encoder.encode(data))
     if size > MAX_PIXEL_DATA_BYTES:
         raise VendorInputError(f"attributes encode to {size} bytes; pixel_data's limit is 1 KB")
@@ -213,7 +226,7 @@ class AltcraftAdapter:
             pixel_id=config.pixel_id,
             goal=exact(route.goal_id, "goal") or "",
             value=event.value,
-            date=event.occurred_at.isoformat(timespec="seconds"),
+            date=_date(event.occurred_at),
             external_event_id=exact(event.event_id, "event_id") or "",
             matching=matching,
             email=identity if matching == "email" else None,

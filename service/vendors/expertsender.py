@@ -15,6 +15,7 @@ service, so an integer outside Int32 cannot be expressed (VendorInputError).
 from __future__ import annotations
 
 import math
+import re
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
@@ -86,7 +87,14 @@ def goal_value(value: float, multiplier: float, rounding: str) -> int:
     return result
 
 
+# The canonical spelling, either case; any other (braces, `urn:uuid:`, no hyphens) goes through
+# uuid.UUID (~1.5 µs, several times the match).
+_GUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+
+
 def _guid_text(value: str, field: str) -> str:
+    if _GUID.fullmatch(value):
+        return value
     try:
         uuid.UUID(value)
     except ValueError as exc:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from service.errors import VendorInputError
 from service.events import ConversionEvent, decode_event
@@ -321,3 +324,19 @@ def test_a_delivered_answer_is_classified_without_redacting_its_body(
     body = b'{"error":0,"error_text":"Successful operation","data":{}}'
     outcome = AltcraftAdapter("altcraft", config()).classify(VendorResponse(200, {}, body))
     assert (outcome.kind, outcome.status) == (OutcomeKind.DELIVERED, 200)
+
+
+@given(st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=3))])))
+def test_the_date_is_what_isoformat_to_the_second_gives(moment: datetime) -> None:
+    """The UTC fast path and isoformat agree on every moment (other offsets use isoformat)."""
+    assert altcraft._date(moment) == moment.isoformat(timespec="seconds")
+
+
+def test_attributes_within_the_limits_become_pixel_data_unchanged() -> None:
+    """The cheap length checks pass what the limits allow and still refuse what they do not."""
+    assert pixel_data({"order": "o-1", "n": 3, "gone": None}) == {"order": "o-1", "n": 3}
+    assert pixel_data({}) == {}
+    with pytest.raises(VendorInputError, match="attributes key"):
+        pixel_data({"k" * 129: "v"})
+    with pytest.raises(VendorInputError, match=r"attributes\.k"):
+        pixel_data({"k": "v" * 129})

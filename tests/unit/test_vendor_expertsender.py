@@ -262,3 +262,35 @@ def test_request_xml_matches_element_tree_on_awkward_texts(text: str) -> None:
     """The cases worth naming, each in the key and in a data field."""
     data = {"GoalId": "2", "MessageGuid": text}
     assert request_xml(text, data) == _element_tree_xml(text, data)
+
+
+def _guid_by_uuid(value: str) -> str | None:
+    """The reference: what uuid.UUID accepts, as the adapter first checked it."""
+    import uuid
+
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return None
+    return value.strip()
+
+
+@given(
+    st.one_of(
+        st.uuids().map(str),
+        st.uuids().map(lambda u: str(u).upper()),
+        st.uuids().map(lambda u: "{" + str(u) + "}"),
+        st.uuids().map(lambda u: u.hex),
+        st.text(max_size=40),
+    )
+)
+def test_a_message_guid_is_accepted_exactly_when_uuid_accepts_it(value: str) -> None:
+    """The canonical fast path changes nothing: same GUIDs accepted, same text sent."""
+    from service.vendors.expertsender import _guid_text
+
+    expected = _guid_by_uuid(value)
+    if expected is None:
+        with pytest.raises(VendorInputError):
+            _guid_text(value, "MessageGuid")
+    else:
+        assert _guid_text(value, "MessageGuid") == expected
