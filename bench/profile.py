@@ -1,7 +1,8 @@
-"""A reproducible profile of the 1-vendor relay: `python -m bench.profile [--events N]`.
+"""A reproducible profile of the relay: `python -m bench.profile [--events N] [--vendors 1|5]`.
 
 Starts its own Tansu broker and the nginx sink on loopback, preloads N sample events, starts the
-relay exactly as the benchmark does (`python -m service run`, one vendor, concurrency C) and,
+relay exactly as the benchmark does (`python -m service run`, one vendor or the five, concurrency
+C) and,
 from its first delivery to its last, samples it with py-spy (`record --format raw`, idle
 stacks left out). Then it prints a flame summary in Markdown: the share of samples per module
 group, and the top functions by self and by inclusive samples. `--output FILE` also writes it,
