@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,29 @@ from service.vendors import make_adapter
 log = logging.getLogger("conversion_relay.app")
 _PRODUCER_START_TIMEOUT_S = 30.0
 _RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+# After the drain's grace, a pipeline's last commit and leaving its group get this long; then it is
+# cancelled (what it did not commit is redelivered) with where it was logged, instead of the
+# process waiting on a broker call without end until Kubernetes kills it silently (the chart's
+# terminationGraceMarginSeconds, 10 s by default, leaves room for this).
+STOP_SLACK_S = 8.0
+
+
+def awaiting(task: asyncio.Task[Any]) -> str:
+    """Where a suspended task is: its whole chain of awaits, outermost first, as a traceback.
+
+    `Task.print_stack` shows only the task's own coroutine frame; the call that does not return
+    is at the other end of the chain (`cr_await`, or `gi_yieldfrom` through a generator).
+    """
+    frames = []
+    step: Any = task.get_coro()
+    while step is not None:
+        frame = getattr(step, "cr_frame", None) or getattr(step, "gi_frame", None)
+        if frame is None:
+            break
+        frames.append((frame, frame.f_lineno))
+        step = getattr(step, "cr_await", None) or getattr(step, "gi_yieldfrom", None)
+    lines = traceback.StackSummary.extract(frames).format()
+    return f"{task.get_name()} (outermost call first):\n{''.join(lines)}".rstrip()
 
 
 class Relay:
@@ -224,6 +248,26 @@ class Relay:
             await self._redis.aclose()
             self._redis = None
 
+    async def _stopped(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Wait for the pipelines to drain and leave; cancel (and show) any that overrun."""
+        limit_s = self.config.pipeline.shutdown_grace_s + STOP_SLACK_S
+        done, pending = await asyncio.wait(tasks, timeout=limit_s)
+        for task in done:
+            if not task.cancelled():
+                task.exception()  # retrieved: _supervise logs what it catches itself
+        if not pending:
+            return
+        log.error(
+            "%s still stopping %.0fs after the shutdown began; cancelled (records not yet "
+            "committed will be redelivered). Where they were:\n%s",
+            ", ".join(sorted(task.get_name() for task in pending)),
+            limit_s,
+            "\n".join(awaiting(task) for task in pending),
+        )
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
     async def _supervise(self, name: str) -> None:
         """Run a vendor's pipeline; if it fails (e.g. the broker vanished), start a fresh one."""
         failures = 0
@@ -261,9 +305,12 @@ class Relay:
         stop_gc_count = self.metrics.watch_gc()
         try:
             await self.start_shared()
-            tasks = [asyncio.create_task(self._supervise(n)) for n in self.vendor_names]
+            tasks = [
+                asyncio.create_task(self._supervise(n), name=f"pipeline {n}")
+                for n in self.vendor_names
+            ]
             await self._stop.wait()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._stopped(tasks)
         finally:
             stop_gc_count()
             await self.close()

@@ -96,3 +96,46 @@ async def test_sigterm_mid_burst_drains_in_flight_commits_exits_zero_and_restart
         shutdown_drain_seconds=round(drain_s, 2),
         shutdown_repeats_after_restart=repeats,
     )
+
+
+async def test_a_pipeline_that_cannot_leave_its_group_is_cancelled_after_the_grace_and_shown(
+    broker, topics, sandbox_factory, monkeypatch, caplog
+):
+    """A broker call that never returns during the stop (here: leaving the group) must not hold
+    the process past shutdown_grace_s + STOP_SLACK_S: the pipeline is cancelled, exit code 0,
+    and the log says which pipeline was stuck where."""
+    import asyncio
+    import logging
+
+    from aiokafka import AIOKafkaConsumer
+
+    from service import app as app_module
+    from service.app import Relay
+    from service.config import parse_config
+    from tests.conftest import goal_reach_vendor, wait_for
+
+    si = await sandbox_factory()
+    config = relay_config(
+        broker,
+        topics,
+        {"sustain_impact": goal_reach_vendor(si)},
+        pipeline={"shutdown_grace_s": 1.0},
+    )
+    relay = Relay(parse_config(config))
+    task = asyncio.create_task(relay.run(install_signals=False))
+    await wait_for(lambda: not relay.not_ready_reasons() or task.done(), 30, "relay ready")
+
+    async def never_returns(self: AIOKafkaConsumer) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(AIOKafkaConsumer, "stop", never_returns)
+    monkeypatch.setattr(app_module, "STOP_SLACK_S", 2.0)
+    caplog.set_level(logging.ERROR, logger="conversion_relay.app")
+    started = time.monotonic()
+    relay.request_stop()
+    assert await asyncio.wait_for(task, 20) == 0
+    assert time.monotonic() - started < 1.0 + 2.0 + 5.0
+    [record] = [r for r in caplog.records if "still stopping" in r.getMessage()]
+    text = record.getMessage()
+    assert "pipeline sustain_impact" in text
+    assert "never_returns" in text and "_drain" in text, text
