@@ -598,6 +598,8 @@ class H1Transport:
         self.ssl_context = ssl_context
         # `scheme://netloc` as the request URLs spell it → its origin.
         self._origins: dict[str, _Origin] = {}
+        # Whole request URL → (origin, request target): one lookup per request.
+        self._targets: dict[str, tuple[_Origin, str]] = {}
         self._closed = False
         # Requests built in this loop turn, written together by one callback in the next turn.
         self._unsent: list[tuple[_Conn, asyncio.Future[VendorResponse], bytes]] = []
@@ -633,8 +635,14 @@ class H1Transport:
         if self._closed:
             raise VendorUnreachable(f"{self.vendor}: the transport is closed")
         url = request.url
-        end = url.find("/", url.find("://") + 3)
-        origin, target = self._origin(url, end if end >= 0 else len(url))
+        found = self._targets.get(url)  # a vendor's URL is usually the same for every request
+        if found is None:
+            end = url.find("/", url.find("://") + 3)
+            found = self._origin(url, end if end >= 0 else len(url))
+            if len(self._targets) >= _CACHE_ENTRIES:
+                self._targets.clear()
+            self._targets[url] = found
+        origin, target = found
         block = origin.header_block(tuple(request.headers.items()))
         body = request.body
         method = request.method

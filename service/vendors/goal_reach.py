@@ -62,6 +62,8 @@ def param_text(value: ParamValue) -> str:
 
 
 def _params(params: Mapping[str, ParamValue | None]) -> dict[str, str]:
+    if not params:  # most events carry none (and page parameters fewer still)
+        return {}
     return {k: param_text(v) for k, v in params.items() if v is not None}
 
 
@@ -99,6 +101,8 @@ class GoalReachAdapter:
         self.vendor = vendor
         self.config = config
         self._customer_key = config.customer_id_key or vendor
+        # Route goal id → its checked text (the goals are the config's: a handful).
+        self._goal_ids: dict[str, str] = {}
         self._url = config.base_url.rstrip("/") + PATH
 
     def missing_identity(self, event: ConversionEvent) -> str | None:
@@ -109,8 +113,11 @@ class GoalReachAdapter:
 
     def build(self, event: ConversionEvent, route: Route) -> VendorRequest:
         """Translate the event into the documented JSON body."""
+        goal_id = self._goal_ids.get(route.goal_id)
+        if goal_id is None:  # checked once per configured goal, not per request
+            goal_id = self._goal_ids[route.goal_id] = _uuid_text(route.goal_id, "GoalId")
         body = GoalReachBody(
-            GoalId=_uuid_text(route.goal_id, "GoalId"),
+            GoalId=goal_id,
             CustomerId=_uuid_text(
                 event.customer.ids[self._customer_key],
                 f"CustomerId (customer.ids.{self._customer_key})",

@@ -146,3 +146,15 @@ def test_every_utc_moment_is_formatted_as_the_conversion_would_format_it(moment:
 
     converted = moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
     assert created_on_utc(moment) == converted
+
+
+def test_a_goal_id_is_checked_on_every_request_until_it_passes() -> None:
+    """The checked GoalId is remembered per goal; a bad one fails every time, never cached."""
+    adapter = _adapter()
+    upper = GOAL.upper()
+    for _ in range(2):
+        body = orjson.loads(adapter.build(_event(), Route("x", upper)).body)
+        assert body["GoalId"] == GOAL  # the canonical form, computed once
+    for _ in range(2):
+        with pytest.raises(VendorInputError, match="GoalId must be a UUID"):
+            adapter.build(_event(), Route("x", "not-a-uuid"))

@@ -962,3 +962,20 @@ def test_tls_context_verifies_and_checks_hostnames() -> None:
     context = tls_context(None)
     assert context.verify_mode is ssl.CERT_REQUIRED
     assert context.check_hostname
+
+
+async def test_distinct_request_urls_do_not_grow_the_transports_caches_without_bound(
+    raw_server: RawFactory,
+) -> None:
+    """A query per event (as Conductrics sends) keeps the URL → target cache bounded."""
+    server = await raw_server(always(OK))
+    one = transport(pool_size=1)
+    try:
+        for index in range(h1_module._CACHE_ENTRIES + 50):
+            assert (await one.send(post(f"{server.url}/goal?vid={index}"))).status == 200
+        assert len(one._targets) <= h1_module._CACHE_ENTRIES
+        assert server.requests[-1].startswith(
+            f"POST /goal?vid={h1_module._CACHE_ENTRIES + 49} HTTP/1.1".encode()
+        )
+    finally:
+        await one.aclose()
