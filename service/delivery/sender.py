@@ -500,7 +500,8 @@ class Sender:
             rtt_s = time.perf_counter() - started_s
             self._duration.observe(rtt_s)
             outcome = self._classify(request, answer)  # classify + status overrides
-            gate.observe(rtt_s, is_overload(outcome))
+            if gate.enabled:
+                gate.observe(rtt_s, is_overload(outcome))
         finally:
             gate.leave()
         if breaker is not None:
