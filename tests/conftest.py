@@ -185,6 +185,7 @@ class RelayProcess:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
 
     def start(self) -> None:
         """Launch the process (logs to a file)."""
@@ -202,7 +203,7 @@ class RelayProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
-            env={**os.environ, "RELAY_LOG_LEVEL": "info"},
+            env={**os.environ, "RELAY_LOG_LEVEL": "info", **self.env},
             # Its own process group: kill() takes `--workers` children too, even when a test
             # failed before the relay was told to stop (they outlived the test before).
             start_new_session=True,
@@ -257,7 +258,11 @@ def relay_process(tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
     """Write a config and make relay subprocesses from it; all are killed at the end."""
     made: list[RelayProcess] = []
 
-    def make(config: dict[str, Any], extra_args: list[str] | None = None) -> RelayProcess:
+    def make(
+        config: dict[str, Any],
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> RelayProcess:
         port = free_port()
         # The port is the fixture's; the rest of the http section (e.g. transport) is the test's.
         http = {**config.get("http", {}), "host": "127.0.0.1", "port": port}
@@ -266,7 +271,7 @@ def relay_process(tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
         path = tmp_path / f"relay-{index}.yaml"
         path.write_text(yaml.safe_dump(config))
         proc = RelayProcess(
-            path, port, tmp_path / f"relay-{index}.log", extra_args=extra_args or []
+            path, port, tmp_path / f"relay-{index}.log", extra_args=extra_args or [], env=env or {}
         )
         made.append(proc)
         return proc

@@ -221,7 +221,11 @@ async def two_installs(
     )
     config_b["kafka"]["topics"] = [topic_b]
     config_b["dlq"] = {"topic": f"{topic_b}.dlq"}
-    relay_b = relay_process(config_b, extra_args=["--workers", "2"])
+    # CPython's own collector threshold (the relay's 10,000 would make no collection in this
+    # short run, and the GC panel would have nothing to show).
+    relay_b = relay_process(
+        config_b, extra_args=["--workers", "2"], env={"RELAY_GC_THRESHOLD": "700"}
+    )
     relay_b.start()
     await relay_b.wait_ready(timeout_s=60)
     assert relay_a.http_port is not None

@@ -177,10 +177,15 @@ def test_run_raises_the_collectors_thresholds_before_the_relay_starts(
 
     monkeypatch.setattr(cli, "_run_async", started)
     monkeypatch.setenv("RELAY_CONFIG", str(ROOT / "examples" / "config.yaml"))
+    monkeypatch.delenv("RELAY_GC_THRESHOLD", raising=False)
     before = gc.get_threshold()
     try:
         assert main(["run"]) == 0
+        monkeypatch.setenv("RELAY_GC_THRESHOLD", "700")  # CPython's own, for whoever wants it
+        assert main(["run"]) == 0
+        monkeypatch.setenv("RELAY_GC_THRESHOLD", "lots")
+        assert main(["run"]) == 2
     finally:
         gc.set_threshold(*before)
-    assert seen == [cli.GC_THRESHOLDS]
+    assert seen == [cli.GC_THRESHOLDS, (700, *cli.GC_THRESHOLDS[1:])]
     assert cli.GC_THRESHOLDS[0] >= 10 * before[0]
