@@ -17,6 +17,7 @@ import itertools
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -26,7 +27,7 @@ from aiokafka.errors import KafkaError, RecordTooLargeError
 
 from service.config import PipelineConfig
 from service.core import records
-from service.core.exchange import DecisionKind, VendorRequest
+from service.core.exchange import Decision, DecisionKind, VendorRequest
 from service.core.retry import backoff_s, should_retry
 from service.core.routing import SKIP_REASONS
 from service.core.window import PartitionWindow
@@ -140,6 +141,50 @@ class Work:
         return self._windows.get(self.tp) is self._window
 
 
+class WorkQueue:
+    """The workers' FIFO: `put` never waits, and a worker awaits `get` only when it is empty
+    (workers pop `items` directly otherwise: no coroutine per record)."""
+
+    __slots__ = ("_waiters", "items")
+
+    def __init__(self) -> None:
+        self.items: deque[Work] = deque()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def put(self, work: Work) -> None:
+        """Append a record and wake one waiting worker."""
+        self.items.append(work)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def get(self) -> Work:
+        """The oldest record, waiting while there is none."""
+        items = self.items
+        while not items:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+                if items and not waiter.cancelled():
+                    self._wake()  # this worker was woken and leaves: wake another one
+                raise
+        return items.popleft()
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -203,7 +248,7 @@ class VendorPipeline:
             accept=accept,  # replay's filter: None to process a record, or why it is passed over
             dedup=dedup,
         )
-        self._queue: asyncio.Queue[Work] = asyncio.Queue()
+        self._queue = WorkQueue()
         self._windows: dict[TopicPartition, PartitionWindow] = {}
         self._next_epoch = itertools.count(1)
         self._active: dict[TopicPartition, int] = {}
@@ -379,25 +424,48 @@ class VendorPipeline:
         windows, queue = self._windows, self._queue
         for record in fetched:
             if window.dispatch(record.offset, _size(record)):
-                queue.put_nowait(Work(record, tp, window, windows))
+                queue.put(Work(record, tp, window, windows))
 
     # ---- workers -----------------------------------------------------------------------------
 
-    def _current(self, work: Work) -> bool:
-        window = self._windows.get(work.tp)
-        return window is not None and window.epoch == work.epoch
-
     async def _worker(self) -> None:
-        queue, active = self._queue, self._active
+        # One coroutine per worker holds the whole happy path (decode → deliver → complete):
+        # each coroutine called per delivery is a frame more to create and resume, at every
+        # one of the requests in flight.
+        queue, active, windows = self._queue, self._active, self._windows
+        items = queue.items
+        path, sender, delivered = self._path, self._sender, DecisionKind.DELIVERED
         while True:
-            work = await queue.get()
+            work = items.popleft() if items else await queue.get()
             tp = work.tp
-            if not self._current(work):
+            window = windows.get(tp)
+            if window is None or window.epoch != work.epoch:
                 continue  # its partition was revoked; the new owner delivers it
             active[tp] = active.get(tp, 0) + 1
             try:
                 try:
-                    await self._process(work)
+                    request = work.request
+                    if request is None:
+                        read = path.read(work.record)
+                        if isinstance(read, Terminal):
+                            await self._finish(work, read)
+                            continue
+                        self._decoded.inc()
+                        work.event = read
+                        # An in-process dedup store (the default) needs no await.
+                        prepared = (
+                            await path.prepare(read) if path.awaits else path.prepare_now(read)
+                        )
+                        if isinstance(prepared, Terminal):
+                            await self._finish(work, prepared)
+                            continue
+                        request = work.request = prepared
+                    decision = await sender.deliver(request, work.attempts, work.is_current)
+                    if decision.kind is delivered and decision.outcome is not None:
+                        if not self._delivered_now(work):
+                            await self._mark(work)
+                    else:
+                        await self._after(work, decision)
                 except Exception as exc:  # a bug must neither kill the worker nor lose the record
                     await self._on_bug(work, exc)
             except Exception:
@@ -416,38 +484,32 @@ class VendorPipeline:
         self.last_error = redact(f"internal error: {exc!r}")[:300]
         await self._internal_error(work, exc)
 
-    async def _process(self, work: Work) -> None:
-        request = work.request
-        if request is None:
-            path = self._path
-            read = path.read(work.record)
-            if isinstance(read, Terminal):
-                await self._finish(work, read)
-                return
-            self._decoded.inc()
-            work.event = read
-            # An in-process dedup store (the default) needs no await: one coroutine less.
-            prepared = await path.prepare(read) if path.awaits else path.prepare_now(read)
-            if isinstance(prepared, Terminal):
-                await self._finish(work, prepared)
-                return
-            request = work.request = prepared
-        decision = await self._sender.deliver(request, work.attempts, work.is_current)
+    def _delivered_now(self, work: Work) -> bool:
+        """Count a delivery and complete its record; False if a dedup store must be awaited
+        first (then `_mark` completes it)."""
+        self._delivered.inc()
+        event = work.event
+        if event is not None:
+            self._e2e.observe(max(0.0, self._now_s() - event.occurred_at.timestamp()))
+            dedup = self._dedup
+            if isinstance(dedup, MemoryDedupStore):
+                dedup.add(self.vendor, event.event_id)
+            elif dedup is not None:
+                return False
+        self._complete(work)
+        return True
+
+    async def _mark(self, work: Work) -> None:
+        """Mark a delivered event in a shared dedup store, then complete its record."""
+        if self._dedup is not None and work.event is not None:
+            await self._dedup.mark(self.vendor, work.event.event_id)
+        self._complete(work)
+
+    async def _after(self, work: Work, decision: Decision) -> None:
+        """A try that did not deliver: abandoned, dead-lettered or scheduled again."""
         outcome = decision.outcome
         if decision.kind is DecisionKind.ABANDONED or outcome is None:
             return  # its partition was revoked while it waited; the new owner delivers it
-        if decision.kind is DecisionKind.DELIVERED:
-            self._delivered.inc()
-            event = work.event
-            if event is not None:
-                self._e2e.observe(max(0.0, self._now_s() - event.occurred_at.timestamp()))
-                dedup = self._dedup
-                if isinstance(dedup, MemoryDedupStore):
-                    dedup.add(self.vendor, event.event_id)
-                elif dedup is not None:
-                    await dedup.mark(self.vendor, event.event_id)
-            self._complete(work)
-            return
         self.last_error = redact(f"{outcome.reason}: {outcome.detail}")[:300]
         if decision.kind is DecisionKind.DEAD_LETTER:
             await self._dead_letter(work, decision.dlq_reason, outcome)
@@ -503,7 +565,7 @@ class VendorPipeline:
 
         def requeue() -> None:
             self._timers.discard(handle)
-            self._queue.put_nowait(work)
+            self._queue.put(work)
 
         handle = loop.call_later(delay_s, requeue)
         self._timers.add(handle)
