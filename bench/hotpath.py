@@ -25,11 +25,11 @@ from typing import Any
 
 import msgspec
 from aiokafka import TopicPartition
-from aiokafka.structs import ConsumerRecord
 
 from bench.workload import GOALS, VENDOR
 from service.config import PipelineConfig
 from service.core.exchange import VendorRequest, VendorResponse
+from service.core.records import Fetched
 from service.delivery.dedup import MemoryDedupStore
 from service.delivery.pipeline import VendorPipeline
 from service.delivery.ratelimit import LocalRateLimiter
@@ -135,7 +135,7 @@ def records(events: int) -> dict[TopicPartition, list[Any]]:
         tp = TopicPartition("bench", index % PARTITIONS)
         log = logs[tp]
         logs[tp].append(
-            ConsumerRecord(
+            Fetched(
                 tp.topic, tp.partition, len(log), now_ms, 0, None, line, None, -1, len(line), ()
             )
         )

@@ -12,7 +12,7 @@ import aiokafka.consumer.fetcher as _fetcher
 from aiokafka.helpers import create_ssl_context
 from aiokafka.record.default_records import DefaultRecordBatch as _DefaultRecordBatch
 from aiokafka.record.memory_records import MemoryRecords as _MemoryRecords
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import TopicPartition
 
 from service.config import KafkaConfig
 from service.core import records
@@ -111,6 +111,25 @@ class LenientPartitionRecords(_fetcher.PartitionRecords):  # type: ignore[misc]
 
     next_fetch_offset: int
 
+    def _consumer_record(self, tp: TopicPartition, record: Any) -> Any:
+        """A `Fetched` (aiokafka's dataclass costs a Python __init__ and a __dict__ each)."""
+        if self._key_deserializer or self._value_deserializer:
+            return super()._consumer_record(tp, record)
+        key, value = record.key, record.value
+        return records.Fetched(
+            tp.topic,
+            tp.partition,
+            record.offset,
+            record.timestamp,
+            record.timestamp_type,
+            key,
+            value,
+            record.checksum,
+            len(key) if key is not None else -1,
+            len(value) if value is not None else -1,
+            tuple(record.headers),
+        )
+
     def _unpack_records(self) -> Iterator[Any]:
         raw = getattr(self._records, "raw", None)
         if raw is None:  # not fetched through the patched fetcher: aiokafka's own way
@@ -172,7 +191,7 @@ class LenientPartitionRecords(_fetcher.PartitionRecords):  # type: ignore[misc]
                 offset, why = item
                 yield records.unreadable(tp.topic, tp.partition, offset, why)
                 continue
-            yield ConsumerRecord(
+            yield records.Fetched(
                 tp.topic,
                 tp.partition,
                 item.offset,

@@ -45,6 +45,23 @@ class Unreadable(msgspec.Struct, frozen=True, kw_only=True):
     serialized_value_size: int = -1
 
 
+class Fetched(msgspec.Struct, frozen=True, gc=False):
+    """A fetched record, with the fields of aiokafka's ConsumerRecord: built in C and not
+    tracked by the garbage collector (a backlog holds thousands; none can form a cycle)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    timestamp_type: int
+    key: bytes | None
+    value: bytes | None
+    checksum: int | None
+    serialized_key_size: int
+    serialized_value_size: int
+    headers: tuple[tuple[str | bytes, bytes | None], ...]
+
+
 class Record(msgspec.Struct, frozen=True):
     """One record read leniently: header names are str when UTF-8, else the raw bytes."""
 

@@ -11,10 +11,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from aiokafka.structs import ConsumerRecord
 
 from service.core.exchange import Route, VendorRequest
-from service.core.records import Unreadable
+from service.core.records import Fetched, Unreadable
 from service.core.routing import Expired, Skip, route_event
 from service.delivery.dedup import DedupStore, MemoryDedupStore
 from service.errors import EventError, VendorInputError
@@ -154,7 +153,7 @@ class RecordPath:
         value = record.value
         if (
             self._accept is None
-            and type(record) is ConsumerRecord
+            and type(record) is Fetched
             and value is not None
             and len(value) <= self._max_record_bytes
         ):

@@ -15,11 +15,11 @@ import msgspec
 import orjson
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.structs import ConsumerRecord
 
 import service.delivery.pipeline as pipeline_module
 from service.config import PipelineConfig
 from service.core.exchange import Decision, DecisionKind, Outcome, OutcomeKind
+from service.core.records import Fetched
 from service.delivery.dlq import DeadLetter
 from service.delivery.pipeline import VendorPipeline
 from service.metrics import Metrics
@@ -44,11 +44,9 @@ def event(event_id: str) -> bytes:
 
 
 def record(tp: TopicPartition, offset: int, value: bytes | None, key=None, headers=()) -> Any:
-    """A record as aiokafka's getmany returns it."""
+    """A record as the relay's consumer's getmany returns it (service.kafka's reader)."""
     size = len(value) if value is not None else -1
-    return ConsumerRecord(
-        tp.topic, tp.partition, offset, 0, 0, key, value, None, -1, size, tuple(headers)
-    )
+    return Fetched(tp.topic, tp.partition, offset, 0, 0, key, value, None, -1, size, tuple(headers))
 
 
 class FakeConsumer:
