@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any, cast
 
 from service.delivery.pipeline import Work, WorkQueue
@@ -48,3 +49,16 @@ async def test_a_cancelled_waiter_is_forgotten() -> None:
     await asyncio.sleep(0)
     queue.put(_work("a"))
     assert await asyncio.wait_for(queue.get(), 1) == "a"
+
+
+def test_a_record_in_flight_carries_its_attempts_and_is_left_out_of_the_collector() -> None:
+    from aiokafka import TopicPartition
+
+    from service.core.window import PartitionWindow
+
+    tp = TopicPartition("events", 0)
+    window = PartitionWindow(1)
+    work = Work(record=None, tp=tp, epoch=1, window=window, windows={tp: window})
+    assert (work.count, work.first_at_s, work.excused_s) == (0, 0.0, 0.0)
+    assert work.is_current()
+    assert not gc.is_tracked(work)  # thousands wait in a backlog: nothing for the GC to scan
