@@ -22,16 +22,18 @@ class OffsetTracker:
         self._pending.append(offset)
         self._last_dispatched = offset
 
-    def complete(self, offset: int) -> None:
-        """Record that `offset` is terminal (delivered, dead-lettered or skipped)."""
+    def complete(self, offset: int) -> bool:
+        """Record that `offset` is terminal (delivered, dead-lettered or skipped); True when the
+        commit point moved on (it was the oldest unfinished offset)."""
         pending = self._pending
         if pending and pending[0] == offset:
             pending.popleft()
             done = self._done
             while pending and pending[0] in done:
                 done.discard(pending.popleft())
-        else:
-            self._done.add(offset)
+            return True
+        self._done.add(offset)
+        return False
 
     @property
     def last_dispatched(self) -> int | None:

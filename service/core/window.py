@@ -39,9 +39,7 @@ class PartitionWindow:
         if size is None:
             return False  # completed before (a duplicate completion changes nothing)
         self.bytes_in_flight -= size
-        before = self._tracker.commit_point()
-        self._tracker.complete(offset)
-        return self._tracker.commit_point() != before
+        return self._tracker.complete(offset)
 
     @property
     def in_flight(self) -> int:

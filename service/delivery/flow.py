@@ -96,6 +96,15 @@ class FlowControl:
         """Whether a pipeline paused at its caps may resume (records and bytes both low)."""
         return in_flight <= self._low_water and held_bytes <= self._bytes_cap // 2
 
+    def may_resume(self, windows: Mapping[TopicPartition, PartitionWindow]) -> bool:
+        """`below_low_water` for these windows (bytes are summed only once records are low)."""
+        in_flight = 0
+        for window in windows.values():
+            in_flight += window.in_flight
+        if in_flight > self._low_water:
+            return False
+        return sum(w.bytes_in_flight for w in windows.values()) <= self._bytes_cap // 2
+
     def forget(self, partitions: set[TopicPartition]) -> None:
         """Revoked partitions are no longer ours to pause or resume."""
         self._paused -= partitions

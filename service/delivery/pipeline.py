@@ -109,9 +109,11 @@ class DeadLetters(Protocol):
 
 def _size(record: Any) -> int:
     """Bytes a fetched record holds in memory (key, value, headers)."""
-    size = len(record.key or b"") + len(record.value or b"")
-    for name, value in record.headers or ():
-        size += len(name or b"") + len(value or b"")
+    key, value, headers = record.key, record.value, record.headers
+    size = (len(key) if key else 0) + (len(value) if value else 0)
+    if headers:
+        for name, header in headers:
+            size += len(name or b"") + len(header or b"")
     return size
 
 
@@ -569,7 +571,7 @@ class VendorPipeline:
         flow = self._flow
         # Wake the fetch loop once, at low water, not at every record that finishes (each wake
         # re-checks every window): between the caps and low water it would only pause again.
-        if flow.all_paused and flow.below_low_water(self.in_flight, self.in_flight_bytes):
+        if flow.all_paused and flow.may_resume(self._windows):
             self._capacity.set()
 
     async def _dead_letter(

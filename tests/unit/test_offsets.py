@@ -62,9 +62,11 @@ def test_no_commit_point_ever_passes_an_unfinished_record(steps, rnd):
     order = offsets[:]
     rnd.shuffle(order)
     for done in order:
-        tracker.complete(done)
+        before = tracker.commit_point()
+        moved = tracker.complete(done)
         unfinished.discard(done)
         point = tracker.commit_point()
+        assert moved == (point != before)  # the pipeline commits on this answer
         assert point is not None
         assert all(point <= u for u in unfinished)
         if unfinished:

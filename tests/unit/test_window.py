@@ -119,3 +119,23 @@ def test_a_fetch_covers_only_partitions_that_are_not_paused():
     flow.update(windows, blocked=True)
     assert flow.fetchable(windows) == (KEEPALIVE,)
     assert KEEPALIVE.partition < 0
+
+
+def test_a_paused_pipeline_may_resume_only_once_records_and_bytes_are_both_low():
+    """`may_resume` (asked at each finished record while paused) is below_low_water's answer."""
+    flow = FlowControl(
+        Pauses(), PipelineConfig(max_in_flight=10, max_in_flight_bytes=1000), _gauge()
+    )
+    windows = {TP0: PartitionWindow(epoch=1), TP1: PartitionWindow(epoch=1)}
+    for offset in range(4):
+        windows[TP0].dispatch(offset, 10)
+        windows[TP1].dispatch(offset, 100 if offset == 0 else 10)
+    for finished in range(8):
+        in_flight = sum(w.in_flight for w in windows.values())
+        held = sum(w.bytes_in_flight for w in windows.values())
+        assert flow.may_resume(windows) == flow.below_low_water(in_flight, held)
+        windows[TP0 if finished % 2 else TP1].complete(finished // 2)
+    assert flow.may_resume(windows)
+    big = {TP0: PartitionWindow(epoch=2)}
+    big[TP0].dispatch(0, 600)  # one record, but over half the byte cap
+    assert not flow.may_resume(big)
