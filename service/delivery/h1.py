@@ -12,8 +12,10 @@ fraction of its CPU per request:
   next) of bytes built from a cached per-origin Host block and a
   cached, validated header block; the caller's task awaits one Future that the connection's
   parser callbacks resolve (no Task, no StreamReader per request);
-- one `loop.call_at` timer per request bounds the whole exchange (`timeout_s`); connecting is
-  bounded by `connect_timeout_s` too; a timed-out connection is closed, never reused;
+- `timeout_s` bounds the whole exchange: one sweep per transport, every `timeout_s / 10` (at most
+  `SWEEP_MAX_S`) while an exchange is in flight, fails those past their deadline (a timer per
+  request costs ~1 µs to arm and cancel); connecting is bounded by `connect_timeout_s` too; a
+  timed-out connection is closed, never reused;
 - redirects are never followed (a 3xx is the answer); the response body is bounded by
   `max_body_bytes` (a larger declared length fails before reading it), the response head by
   `MAX_HEADER_BYTES` and `MAX_HEADER_COUNT`;
@@ -63,6 +65,9 @@ IDLE_TIMEOUT_S = 15.0
 # A reused connection closing without a byte of answer this soon after the write is the idle
 # keep-alive race (the server closed it as we wrote); later, the server may have acted on it.
 STALE_WINDOW_S = 1.0
+# Longest gap between two deadline sweeps: an exchange fails at most this late (or a tenth of
+# its timeout_s, whichever is less).
+SWEEP_MAX_S = 0.1
 
 
 def tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
@@ -122,6 +127,7 @@ class _Conn(asyncio.Protocol):
         "alive",
         "body_bytes",
         "chunks",
+        "deadline",
         "eof_delimited",
         "error",
         "framed",
@@ -152,6 +158,7 @@ class _Conn(asyncio.Protocol):
         self.keep_alive = False
         self.idle_since = 0.0
         self.sent_at = 0.0
+        self.deadline = 0.0
         self._reset()
 
     def _reset(self) -> None:
@@ -171,13 +178,14 @@ class _Conn(asyncio.Protocol):
 
     # -- the exchange, driven by H1Transport.send ----------------------------------------------
 
-    def begin(self, fut: asyncio.Future[VendorResponse], now: float) -> None:
-        """Start one exchange (at loop time `now`) whose answer will resolve `fut`; the request's
-        bytes go out with the transport's next flush."""
+    def begin(self, fut: asyncio.Future[VendorResponse], now: float, deadline: float) -> None:
+        """Start one exchange (at loop time `now`, failing at `deadline`) whose answer will
+        resolve `fut`; the request's bytes go out with the transport's next flush."""
         self._reset()
         self.keep_alive = False
         self.fut = fut
         self.sent_at = now
+        self.deadline = deadline
 
     def write(self, fut: asyncio.Future[VendorResponse], data: bytes) -> None:
         """Write the request of the exchange `fut`, unless that exchange has ended meanwhile."""
@@ -603,6 +611,8 @@ class H1Transport:
         self._closed = False
         # Requests built in this loop turn, written together by one callback in the next turn.
         self._unsent: list[tuple[_Conn, asyncio.Future[VendorResponse], bytes]] = []
+        self._sweep_every_s = min(SWEEP_MAX_S, timeout_s / 10)
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def _origin(self, url: str, end: int) -> tuple[_Origin, str]:
         """The origin of `url` and its request target (path and query), from the cache if known."""
@@ -663,9 +673,10 @@ class H1Transport:
                     conn.close()
                 conn = await origin.acquire(deadline, fresh=retried)
             fut: asyncio.Future[VendorResponse] = loop.create_future()
-            timer = loop.call_at(deadline, conn.expire)
+            if self._sweeper is None:
+                self._sweeper = loop.call_later(self._sweep_every_s, self._sweep)
             try:
-                conn.begin(fut, now)
+                conn.begin(fut, now, deadline)
                 if not self._unsent:
                     loop.call_soon(self._flush)
                 self._unsent.append((conn, fut, data))
@@ -676,8 +687,24 @@ class H1Transport:
                 retried = True
                 now = loop.time()
             finally:
-                timer.cancel()
                 conn.finish(loop.time())
+
+    def _sweep(self) -> None:
+        """Fail the exchanges past their deadline; come back while any is still in flight."""
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        busy = False
+        for origin in self._origins.values():
+            for conn in list(origin.conns):
+                if conn.fut is None:
+                    continue
+                if conn.deadline <= now:
+                    conn.expire()
+                else:
+                    busy = True
+        if busy and not self._closed:
+            self._sweeper = loop.call_later(self._sweep_every_s, self._sweep)
 
     def _flush(self) -> None:
         """Write every request built since the last flush, back to back.
@@ -695,6 +722,9 @@ class H1Transport:
     async def aclose(self) -> None:
         """Close every connection; later sends fail as unreachable."""
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for origin in self._origins.values():
             origin.close()
         await asyncio.sleep(0)  # let the transports run their close callbacks

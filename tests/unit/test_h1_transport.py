@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -505,6 +506,35 @@ async def test_no_answer_in_time_is_a_timeout_and_the_connection_is_not_reused(
     finally:
         await quick.aclose()
     assert server.connections == 2
+
+
+async def test_requests_share_one_deadline_sweep_and_none_arms_a_timer_of_its_own(
+    raw_server: RawFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A timer per request costs ~1 µs to arm and cancel: exchanges' deadlines are checked by
+    one sweep per transport, running only while an exchange is in flight; a hang still times
+    out close to timeout_s."""
+    server = await raw_server(lambda conn, req: Reply(hang=True) if req == 200 else Reply(OK))
+    loop = asyncio.get_running_loop()
+    armed: list[float] = []
+    real_call_at = loop.call_at
+
+    def counting_call_at(when: float, callback: Any, *args: Any, **kw: Any) -> Any:
+        armed.append(when)
+        return real_call_at(when, callback, *args, **kw)
+
+    monkeypatch.setattr(loop, "call_at", counting_call_at)
+    quick = transport(timeout_s=0.3, pool_size=1)
+    try:
+        for _ in range(200):
+            assert (await quick.send(post(server.url))).body == b"ok"
+        started = time.monotonic()
+        with pytest.raises(VendorTimeout):
+            await quick.send(post(server.url))
+        assert 0.25 < time.monotonic() - started < 0.3 + 0.1
+        assert len(armed) < 40, f"{len(armed)} timers armed for 201 requests"
+    finally:
+        await quick.aclose()
 
 
 async def test_a_refused_connection_is_unreachable(h1: H1Transport) -> None:
