@@ -73,6 +73,11 @@ class KafkaConfig(Strict, frozen=True):
     # latency floor. Kafka's own 500 ms default made that p95 ~250 ms; 25 ms costs an idle
     # pipeline ~40 empty fetches per second.
     fetch_max_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 25
+    # Most bytes one fetch response may bring (a larger record batch still arrives, alone:
+    # KIP-74). A pipeline holds a fetch's bytes until it has delivered its records; aiokafka's
+    # 50 MiB default let five busy vendors peak over the 150 MiB budget. 1 MiB is ~1,600
+    # events, more than a pipeline's max_in_flight.
+    fetch_max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
 
 
 EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]

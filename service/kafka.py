@@ -48,6 +48,7 @@ def consumer_kwargs(kafka: KafkaConfig, group_id: str) -> dict[str, Any]:
         "max_poll_interval_ms": kafka.max_poll_interval_ms,
         "isolation_level": kafka.isolation_level,
         "fetch_max_wait_ms": kafka.fetch_max_wait_ms,
+        "fetch_max_bytes": kafka.fetch_max_bytes,
     }
 
 

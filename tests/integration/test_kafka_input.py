@@ -57,6 +57,20 @@ async def test_every_codec_librdkafka_writes_is_delivered(
     assert len(si.accepted) == 50
 
 
+async def test_a_batch_larger_than_fetch_max_bytes_still_arrives_whole(
+    broker, topics, sandbox_factory, run_relay
+):
+    """fetch_max_bytes bounds what one fetch holds, never what can be read: a broker answers
+    with the first batch even when it is larger (KIP-74), so a big batch is delivered in full."""
+    si = await sandbox_factory()
+    _produce(broker.bootstrap, topics.source, 0, [{"value": _event(i)} for i in range(300)], "none")
+    config = relay_config(broker, topics, {"sustain_impact": goal_reach_vendor(si)})
+    config["kafka"]["fetch_max_bytes"] = 4096  # the batch is ~60 KiB
+    await run_relay(config)
+    await wait_for(lambda: len(si.accepted) >= 300, 30, "300 events of one big batch delivered")
+    assert len(si.accepted) == 300
+
+
 async def test_odd_records_in_one_batch_never_stop_its_partition(
     broker, topics, sandbox_factory, run_relay
 ):

@@ -21,3 +21,10 @@ def test_the_default_fetch_wait_keeps_a_non_waking_broker_under_the_latency_budg
 
 def test_fetch_max_wait_is_configurable() -> None:
     assert consumer_kwargs(kafka(fetch_max_wait_ms=200), "g")["fetch_max_wait_ms"] == 200
+
+
+def test_a_fetch_brings_at_most_one_mebibyte_by_default() -> None:
+    """aiokafka's 50 MiB default let each pipeline hold fetched bytes it could not deliver for
+    a long while (five busy vendors peaked over the 150 MiB budget); 1 MiB is ~1,600 events."""
+    assert consumer_kwargs(kafka(), "g")["fetch_max_bytes"] == 1024 * 1024
+    assert consumer_kwargs(kafka(fetch_max_bytes=4096), "g")["fetch_max_bytes"] == 4096
