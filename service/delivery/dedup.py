@@ -1,7 +1,7 @@
 """Dedup stores: remember which (vendor, event_id) pairs were delivered, for `ttl_s`.
 
     DedupStore (protocol)       seen(vendor, event_id) / mark(vendor, event_id)
-    ├── MemoryDedupStore        this process only: a bounded LRU with a TTL (clock passed in)
+    ├── MemoryDedupStore        this process only: 16 generations over the TTL (clock passed in)
     └── RedisDedupStore         shared by every replica: `SET {prefix}dedup:{vendor}:{id} PX ttl`
 
 A Redis error fails open: `seen` answers False (the event is delivered again, at-least-once,
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -39,8 +39,29 @@ class DedupStore(Protocol):
         ...
 
 
+class _Generation:
+    """The pairs marked while one generation was the newest: event ids per vendor."""
+
+    __slots__ = ("ids", "marks", "opened_s")
+
+    def __init__(self, opened_s: float) -> None:
+        self.opened_s = opened_s
+        self.ids: dict[str, list[str]] = {}
+        self.marks = 0
+
+
 class MemoryDedupStore:
-    """A bounded LRU of (vendor, event_id) with a TTL; the least recently used go first."""
+    """(vendor, event_id) pairs remembered in `GENERATIONS` generations, forgotten a generation
+    at a time: a pair is remembered for between 15/16 of `ttl_s` and `ttl_s`, and at
+    `max_entries` the oldest generation (1/16 of the pairs) goes.
+
+    An LRU with a per-pair expiry held a tuple key, a float and ordering links per pair
+    (~250 bytes) and touched a dozen scattered objects per mark; here a pair is a slot in its
+    vendor's dict and in its generation's list (~125 bytes with its UUID), a check is one
+    lookup and a mark one insert and one append.
+    """
+
+    GENERATIONS = 16
 
     def __init__(
         self,
@@ -53,33 +74,65 @@ class MemoryDedupStore:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self._clock = clock
-        self._expires_at: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._slots = min(self.GENERATIONS, max_entries)
+        self._per_generation = max_entries // self._slots
+        self._span_s = ttl_s / self._slots
+        # vendor → event_id → the list of the generation that marked it last
+        self._seen: dict[str, dict[str, list[str]]] = {}
+        self._generations: deque[_Generation] = deque([_Generation(clock())])
+        self._count = 0
 
     def __len__(self) -> int:
-        return len(self._expires_at)
+        return self._count
+
+    def _age(self, now_s: float) -> None:
+        """Forget generations opened a TTL ago; open a new one every `ttl_s / 16`."""
+        generations = self._generations
+        if now_s - generations[-1].opened_s >= self._span_s:
+            self._open(now_s)
+        while generations[0].opened_s <= now_s - self.ttl_s:
+            self._forget(generations.popleft())
+            if not generations:
+                generations.append(_Generation(now_s))
+
+    def _open(self, now_s: float) -> None:
+        if len(self._generations) >= self._slots:
+            self._forget(self._generations.popleft())
+        self._generations.append(_Generation(now_s))
+
+    def _forget(self, generation: _Generation) -> None:
+        for vendor, ids in generation.ids.items():
+            seen = self._seen[vendor]
+            for event_id in ids:
+                if seen.get(event_id) is ids:  # not marked again in a later generation
+                    del seen[event_id]
+                    self._count -= 1
 
     def contains(self, vendor: str, event_id: str) -> bool:
-        """Whether the pair is remembered and not expired (a hit counts as a use)."""
-        key = (vendor, event_id)
-        expires_at = self._expires_at.get(key)
-        if expires_at is None:
-            return False
-        if expires_at <= self._clock():
-            del self._expires_at[key]
-            return False
-        self._expires_at.move_to_end(key)
-        return True
+        """Whether the pair is remembered (marked within the TTL and not forgotten at capacity)."""
+        self._age(self._clock())
+        seen = self._seen.get(vendor)
+        return seen is not None and event_id in seen
 
     def add(self, vendor: str, event_id: str) -> None:
-        """Remember the pair for `ttl_s`, evicting expired and then least recently used entries."""
+        """Remember the pair (again) from now on."""
         now_s = self._clock()
-        key = (vendor, event_id)
-        self._expires_at[key] = now_s + self.ttl_s
-        self._expires_at.move_to_end(key)
-        while self._expires_at and next(iter(self._expires_at.values())) <= now_s:
-            self._expires_at.popitem(last=False)
-        while len(self._expires_at) > self.max_entries:
-            self._expires_at.popitem(last=False)
+        self._age(now_s)
+        newest = self._generations[-1]
+        if newest.marks >= self._per_generation:
+            self._open(now_s)
+            newest = self._generations[-1]
+        ids = newest.ids.get(vendor)
+        if ids is None:
+            ids = newest.ids[vendor] = []
+        seen = self._seen.get(vendor)
+        if seen is None:
+            seen = self._seen[vendor] = {}
+        if seen.get(event_id) is None:
+            self._count += 1
+        seen[event_id] = ids
+        ids.append(event_id)
+        newest.marks += 1
 
     async def seen(self, vendor: str, event_id: str) -> bool:
         """Whether `event_id` was marked delivered to `vendor` within the TTL."""

@@ -37,13 +37,15 @@ class DedupConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     # Off: every event is sent even if it was delivered before.
     enabled: bool = True
-    # `memory`: per process, a bounded LRU, lost on restart; `redis`: shared, survives
-    # restarts (needs `redis:`).
+    # `memory`: per process, bounded by max_entries, lost on restart; `redis`: shared,
+    # survives restarts (needs `redis:`).
     backend: Literal["memory", "redis"] = "memory"
-    # How long a delivered (vendor, event_id) is remembered (default 7 days).
+    # How long a delivered (vendor, event_id) is remembered (default 7 days; the memory
+    # backend forgets in 16 steps, so a pair is remembered for 15/16 of this at least).
     ttl_s: Annotated[float, msgspec.Meta(gt=0)] = SEVEN_DAYS_S
-    # Memory backend only: the LRU's size. About 280 bytes an entry with its UUID: 150,000 take
-    # ~40 MiB of the 150 MiB budget (use Redis to remember more).
+    # Memory backend only: how many pairs are remembered; past it the oldest 1/16 are
+    # forgotten. About 125 bytes an entry with its UUID: 150,000 take ~18 MiB of the 150 MiB
+    # budget (use Redis to remember more).
     max_entries: Annotated[int, msgspec.Meta(ge=1)] = 150_000
 
 

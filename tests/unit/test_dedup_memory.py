@@ -1,4 +1,4 @@
-"""The in-memory dedup store (bounded LRU with a TTL) and the dedup/Redis config Structs."""
+"""The in-memory dedup store (generations over the TTL) and the dedup/Redis config Structs."""
 
 from __future__ import annotations
 
@@ -60,16 +60,52 @@ async def test_marking_again_restarts_the_ttl() -> None:
     assert await store.seen("v", "e1")
 
 
-async def test_the_least_recently_used_entry_is_evicted_at_capacity() -> None:
-    """Beyond max_entries the least recently used pair goes; a hit counts as a use."""
+async def test_at_capacity_the_oldest_marks_are_forgotten_first() -> None:
+    """Beyond max_entries the oldest generation of marks goes (here one pair a generation)."""
     store = MemoryDedupStore(max_entries=3, clock=FakeClock())
     for event_id in ("a", "b", "c"):
         await store.mark("v", event_id)
-    assert await store.seen("v", "a")  # a is now the most recently used
+    assert await store.seen("v", "a")
     await store.mark("v", "d")
     assert len(store) == 3
-    assert not await store.seen("v", "b")
-    assert all([await store.seen("v", e) for e in ("a", "c", "d")])
+    assert not await store.seen("v", "a")
+    assert all([await store.seen("v", e) for e in ("b", "c", "d")])
+
+
+async def test_at_capacity_a_sixteenth_of_the_pairs_is_forgotten_at_once() -> None:
+    """With room for 160 pairs, the 161st mark forgets the 10 oldest and nothing else."""
+    store = MemoryDedupStore(max_entries=160, clock=FakeClock())
+    for i in range(161):
+        store.add("v", str(i))
+    assert len(store) == 151
+    assert [i for i in range(161) if store.contains("v", str(i))] == list(range(10, 161))
+
+
+async def test_a_pair_is_remembered_for_at_least_fifteen_sixteenths_of_the_ttl() -> None:
+    """Marks arriving all along (generations opening by time) never cut a pair's memory below
+    ttl_s - ttl_s / 16."""
+    clock = FakeClock()
+    store = MemoryDedupStore(ttl_s=160.0, clock=clock)
+    store.add("v", "first")
+    for i in range(149):  # up to 149.0 s later, within 160 - 10
+        clock.now_s += 1.0
+        store.add("v", f"other-{i}")
+        assert store.contains("v", "first"), f"forgotten {clock.now_s - 500.0:.0f} s after"
+    clock.now_s += 11.0  # 160 s after: past the TTL
+    assert not store.contains("v", "first")
+
+
+async def test_a_pair_marked_again_in_a_later_generation_survives_its_first_one() -> None:
+    """Forgetting a generation leaves the pairs marked again since then."""
+    clock = FakeClock()
+    store = MemoryDedupStore(ttl_s=16.0, clock=clock)
+    store.add("v", "e1")
+    store.add("w", "e1")
+    clock.now_s += 8.0
+    store.add("v", "e1")
+    clock.now_s += 8.5  # the first generation is a TTL old
+    assert store.contains("v", "e1") and not store.contains("w", "e1")
+    assert len(store) == 1
 
 
 async def test_expired_entries_are_purged_when_new_ones_arrive() -> None:
