@@ -14,7 +14,7 @@ from service.core.offsets import OffsetTracker
 class PartitionWindow:
     """The commit point, window and bytes of one partition for one assignment (epoch)."""
 
-    __slots__ = ("_bytes", "_tracker", "bytes_in_flight", "committed", "epoch")
+    __slots__ = ("_bytes", "_tracker", "active", "bytes_in_flight", "committed", "epoch")
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
@@ -22,6 +22,7 @@ class PartitionWindow:
         self._bytes: dict[int, int] = {}  # offset -> bytes, for records not yet terminal
         self.bytes_in_flight = 0
         self.committed: int | None = None  # the last commit point the group acknowledged
+        self.active = 0  # deliveries started and not finished (a revocation waits for them)
 
     def dispatch(self, offset: int, size_bytes: int) -> bool:
         """Track a fetched record; False (and nothing tracked) when it was tracked before."""

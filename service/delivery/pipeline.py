@@ -244,7 +244,6 @@ class VendorPipeline:
         self._queue = WorkQueue()
         self._windows: dict[TopicPartition, PartitionWindow] = {}
         self._next_epoch = itertools.count(1)
-        self._active: dict[TopicPartition, int] = {}
         self._lag: dict[TopicPartition, int] = {}
         self._timers: set[asyncio.TimerHandle] = set()
         # Set when fetching paused at the caps may resume (records finished down to low water).
@@ -427,16 +426,16 @@ class VendorPipeline:
         # One coroutine per worker holds the whole happy path (decode → deliver → complete):
         # each coroutine called per delivery is a frame more to create and resume, at every
         # one of the requests in flight.
-        queue, active, windows = self._queue, self._active, self._windows
+        queue, windows = self._queue, self._windows
         items = queue.items
         path, sender, delivered = self._path, self._sender, DecisionKind.DELIVERED
+        awaits = path.awaits  # a dedup store doing I/O (Redis) must be awaited
         while True:
             work = items.popleft() if items else await queue.get()
-            tp = work.tp
-            window = windows.get(tp)
+            window = windows.get(work.tp)
             if window is None or window.epoch != work.epoch:
                 continue  # its partition was revoked; the new owner delivers it
-            active[tp] = active.get(tp, 0) + 1
+            window.active += 1
             try:
                 try:
                     request = work.request
@@ -448,9 +447,7 @@ class VendorPipeline:
                         self._decoded.inc()
                         work.event = read
                         # An in-process dedup store (the default) needs no await.
-                        prepared = (
-                            await path.prepare(read) if path.awaits else path.prepare_now(read)
-                        )
+                        prepared = await path.prepare(read) if awaits else path.prepare_now(read)
                         if isinstance(prepared, Terminal):
                             await self._finish(work, prepared)
                             continue
@@ -468,7 +465,7 @@ class VendorPipeline:
                 self._schedule(work, _INTERNAL_RETRY_S)
                 raise
             finally:
-                active[tp] -= 1
+                window.active -= 1
                 self._progress.set()
 
     async def _on_bug(self, work: Work, exc: Exception) -> None:
@@ -672,7 +669,7 @@ class VendorPipeline:
         """Wait (bounded) for started deliveries of revoked partitions, commit, forget them."""
         revoked &= set(self._windows)
         await self._wait_until(
-            lambda: not any(self._active.get(tp, 0) for tp in revoked),
+            lambda: not any(self._windows[tp].active for tp in revoked if tp in self._windows),
             self._settings.revoke_timeout_s,
         )
         await self.commit(revoked)

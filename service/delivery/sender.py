@@ -154,7 +154,10 @@ class BreakerLayer:
         if breaker is None:
             return
         breaker.record(not is_outage(outcome), self._monotonic(), sent_at_s)
-        if breaker.state is not BreakerState.CLOSED and outcome.retriable:
+        state = breaker.state
+        if state is BreakerState.CLOSED and self._shown is BreakerState.CLOSED:
+            return  # the common case: nothing changed, nothing waited
+        if state is not BreakerState.CLOSED and outcome.retriable:
             self._waited.add(id(attempts))
         self._sync()
 
@@ -545,4 +548,4 @@ class Sender:
             return redirect_outcome(answer, request, self._table)
         outcome = self.adapter.classify(answer)
         outcome = bound_retry_after(outcome, answer, self._max_retry_after_s)
-        return self._table.apply(outcome)
+        return self._table.apply(outcome) if self._table.overrides else outcome
