@@ -583,6 +583,18 @@ class _Origin:
                 waiter.set_exception(VendorUnreachable(f"{self.vendor}: the transport was closed"))
 
 
+def _request_bytes(origin: _Origin, target: str, request: VendorRequest) -> bytes:
+    """The request as written: request line, header block, framing, body."""
+    block = origin.header_block(tuple(request.headers.items()))
+    body = request.body
+    method = request.method
+    if body or method in _BODY_METHODS:
+        head = f"{method} {target} HTTP/1.1\r\n{block}Content-Length: {len(body)}\r\n\r\n"
+    else:
+        head = f"{method} {target} HTTP/1.1\r\n{block}\r\n"
+    return head.encode() + body
+
+
 class H1Transport:
     """The HTTP/1.1 keep-alive transport of one vendor (see the module doc)."""
 
@@ -653,14 +665,7 @@ class H1Transport:
                 self._targets.clear()
             self._targets[url] = found
         origin, target = found
-        block = origin.header_block(tuple(request.headers.items()))
-        body = request.body
-        method = request.method
-        if body or method in _BODY_METHODS:
-            head = f"{method} {target} HTTP/1.1\r\n{block}Content-Length: {len(body)}\r\n\r\n"
-        else:
-            head = f"{method} {target} HTTP/1.1\r\n{block}\r\n"
-        data = head.encode() + body
+        data = _request_bytes(origin, target, request)
         loop = asyncio.get_running_loop()
         now = loop.time()
         deadline = now + self.timeout_s
@@ -680,11 +685,13 @@ class H1Transport:
                 if not self._unsent:
                     loop.call_soon(self._flush)
                 self._unsent.append((conn, fut, data))
+                del data  # the flush writes it: not held through the exchange
                 return await fut
             except _StaleConnection:
                 if retried:
                     raise
                 retried = True
+                data = _request_bytes(origin, target, request)
                 now = loop.time()
             finally:
                 conn.finish(loop.time())

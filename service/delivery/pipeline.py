@@ -38,7 +38,6 @@ from service.delivery.sender import Attempts, Sender
 from service.delivery.stages import TOMBSTONE, RecordPath, Terminal
 from service.delivery.supervisor import TaskSupervisor
 from service.errors import INVALID_KINDS
-from service.events import ConversionEvent
 from service.kafka import coordinator_known
 from service.logs import redact
 from service.metrics import OUTCOMES, Metrics
@@ -126,7 +125,11 @@ class Work(Attempts, gc=False, kw_only=True):
     epoch: int
     window: PartitionWindow
     windows: dict[TopicPartition, PartitionWindow]
-    event: ConversionEvent | None = None
+    # What its completion needs of the decoded event, kept instead of the event: the event is
+    # dropped once its request is built, not held through the exchange (a request in flight
+    # holds less memory, and the next decode reuses the event's, still in cache).
+    event_id: str | None = None
+    occurred_s: float = 0.0
     request: VendorRequest | None = None
 
     def is_current(self) -> bool:
@@ -445,9 +448,11 @@ class VendorPipeline:
                             await self._finish(work, read)
                             continue
                         self._decoded.inc()
-                        work.event = read
+                        work.event_id = read.event_id
+                        work.occurred_s = read.occurred_at.timestamp()
                         # An in-process dedup store (the default) needs no await.
                         prepared = await path.prepare(read) if awaits else path.prepare_now(read)
+                        del read  # the event is not held through the exchange
                         if isinstance(prepared, Terminal):
                             await self._finish(work, prepared)
                             continue
@@ -480,12 +485,12 @@ class VendorPipeline:
         """Count a delivery and complete its record; False if a dedup store must be awaited
         first (then `_mark` completes it)."""
         self._delivered.inc()
-        event = work.event
-        if event is not None:
-            self._e2e.observe(max(0.0, self._now_s() - event.occurred_at.timestamp()))
+        event_id = work.event_id
+        if event_id is not None:
+            self._e2e.observe(max(0.0, self._now_s() - work.occurred_s))
             dedup = self._dedup
             if isinstance(dedup, MemoryDedupStore):
-                dedup.add(self.vendor, event.event_id)
+                dedup.add(self.vendor, event_id)
             elif dedup is not None:
                 return False
         self._complete(work)
@@ -493,8 +498,8 @@ class VendorPipeline:
 
     async def _mark(self, work: Work) -> None:
         """Mark a delivered event in a shared dedup store, then complete its record."""
-        if self._dedup is not None and work.event is not None:
-            await self._dedup.mark(self.vendor, work.event.event_id)
+        if self._dedup is not None and work.event_id is not None:
+            await self._dedup.mark(self.vendor, work.event_id)
         self._complete(work)
 
     async def _after(self, work: Work, decision: Decision) -> None:
@@ -626,7 +631,7 @@ class VendorPipeline:
                 "vendor": self.vendor,
                 "reason": reason,
                 "status": status,
-                "event_id": work.event.event_id if work.event else None,
+                "event_id": work.event_id,
                 "attempt": work.count,
             },
         )
