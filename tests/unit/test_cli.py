@@ -166,7 +166,8 @@ def test_run_raises_the_collectors_thresholds_before_the_relay_starts(
     """Thousands of in-flight records must not be re-scanned by every young collection."""
     import gc
 
-    from service import cli
+    from service.cli import common
+    from service.cli import run as cli
 
     seen: list[tuple[int, int, int]] = []
 
@@ -175,7 +176,7 @@ def test_run_raises_the_collectors_thresholds_before_the_relay_starts(
         coro.close()  # type: ignore[attr-defined]
         return 0
 
-    monkeypatch.setattr(cli, "_run_async", started)
+    monkeypatch.setattr(common, "run_async", started)
     monkeypatch.setenv("RELAY_CONFIG", str(ROOT / "examples" / "config.yaml"))
     monkeypatch.delenv("RELAY_GC_THRESHOLD", raising=False)
     before = gc.get_threshold()

@@ -188,7 +188,7 @@ kafka: {bootstrap_servers: ["k:9092"], topics: [c]}
 vendors:
   hook: {protocol: webhook, base_url: "http://hooks.example.com", goals: {purchase: p}}
 """
-    monkeypatch.setattr("service.cli._setup_logging", lambda level: None)
+    monkeypatch.setattr("service.cli.common.setup_logging", lambda level: None)
     # An unknown --vendor makes `run` return right after the checks, without starting.
     with caplog.at_level(logging.WARNING):
         assert main(["run", "--config", _write(tmp_path, text), "--vendor", "nope"]) == 2
