@@ -15,7 +15,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from service.core.redact import redact
 
     try:
-        config = load_config(args.file)
+        config = load_config(args.file or common.config_path(args))
     except ConfigError as exc:
         # Problems are made without values already; redacting again costs nothing here.
         for problem in exc.problems:
@@ -29,5 +29,5 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def add_commands(command: common.AddCommand) -> None:
     """Add `check-config`."""
     check = command("check-config", "validate a config file and summarise it")
-    check.add_argument("file", help="the YAML config file")
+    check.add_argument("file", nargs="?", help="the YAML config file (default: $RELAY_CONFIG)")
     check.set_defaults(func=cmd_check_config)

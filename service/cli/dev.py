@@ -35,7 +35,7 @@ def cmd_fault(args: argparse.Namespace) -> int:
     import urllib.parse
     import urllib.request
 
-    from service.devtools.dev import default_config_path, state_path
+    from service.devtools.paths import default_config_path, state_path
 
     url = args.control
     if url is None:

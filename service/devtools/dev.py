@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -37,6 +36,7 @@ from service.devtools.chaos import run_tour, tour
 from service.devtools.control import SandboxControl, start_control
 from service.devtools.demo import sample_event
 from service.devtools.embedded import EmbeddedBroker, create_topics
+from service.devtools.paths import default_config_path, state_path
 from service.devtools.publish import record_key
 from service.errors import RelayError
 from service.events import encode_event
@@ -61,16 +61,6 @@ class DevOptions(msgspec.Struct, frozen=True, kw_only=True):
     chaos: bool = False
     control_port: int = 0  # 0 = a free one
     config_out: str | None = None  # None = default_config_path()
-
-
-def default_config_path() -> Path:
-    """Where dev mode writes the running stack's config unless told otherwise."""
-    return Path(tempfile.gettempdir()) / "conversion-relay-dev.yaml"
-
-
-def state_path(config_path: Path) -> Path:
-    """The file next to the config with the control endpoint's URL (read by `fault`)."""
-    return config_path.with_suffix(".json")
 
 
 def _template() -> str:
