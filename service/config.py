@@ -250,7 +250,16 @@ def _msgspec_problem(prefix: str, exc: msgspec.ValidationError) -> str:
         where = at.rstrip("`")
     path = (prefix + where).lstrip(".") or "(top level)"
     text = message.replace("`", "")
+    if path.startswith("vendors.") and path.endswith(".protocol") and text.startswith("Invalid"):
+        text += "; choose from " + ", ".join(_protocol_names())
     return f"{path}: {text[:1].lower()}{text[1:]}"
+
+
+def _protocol_names() -> list[str]:
+    """Every vendor `protocol` tag the relay knows, sorted."""
+    from service.vendors import PROTOCOLS
+
+    return sorted(str(cls.__struct_config__.tag) for cls in PROTOCOLS)
 
 
 def _vendor_problems(prefix: str, raw: Any, exc: msgspec.ValidationError) -> list[str]:

@@ -38,3 +38,65 @@ def test_the_configuration_guide_example_names_the_default_transport_and_every_c
     assert value.strip() == HttpConfig().transport
     for choice in typing.get_args(TransportName):
         assert choice in comment, choice
+
+
+_SECRET_FIELDS = (
+    "kafka: {bootstrap_servers: ['k:9092'], topics: [c], sasl_password: '${%s}'}",
+    "kafka: {bootstrap_servers: ['k:9092'], topics: [c], sasl_username: '${%s}'}",
+    "kafka: {bootstrap_servers: ['k:9092'], topics: [c]}\n"
+    "vendors: {a: {protocol: altcraft, base_url: 'https://a.example', token: '${%s}',"
+    " goals: {purchase: 1}}}",
+)
+
+
+@pytest.mark.parametrize("template", _SECRET_FIELDS)
+@pytest.mark.parametrize(
+    "variable", ["KAFKA_PASSWORD", "API_TOKEN", "SECRET", "PASSWORD", "environment", "X"]
+)
+def test_check_config_shows_a_missing_secret_variable_in_words_never_masked(
+    template: str,
+    variable: str,
+    tmp_path: pytest.TempPathFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A loader message is words, not a secret: `environment variable X is not set` in full."""
+    monkeypatch.delenv(variable, raising=False)
+    path = tmp_path / "c.yaml"  # type: ignore[operator]
+    path.write_text(template % variable)
+    assert main(["check-config", str(path)]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert any(line.endswith(f": environment variable {variable} is not set") for line in lines)
+    assert "***" not in "\n".join(lines)
+
+
+def test_check_config_still_masks_a_secret_value_inside_a_message(
+    tmp_path: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A value that does reach a message (a URL with a password) is masked, the words kept."""
+    path = tmp_path / "c.yaml"  # type: ignore[operator]
+    path.write_text(
+        "kafka: {bootstrap_servers: ['k:9092'], topics: [c]}\n"
+        "vendors: {a: {protocol: webhook, base_url: 'ftp://u:hunter2@h.example', "
+        "goals: {purchase: p}}}\n"
+    )
+    assert main(["check-config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "hunter2" not in err
+    assert "vendors.a.base_url" in err
+
+
+def test_an_unknown_protocol_lists_the_valid_ones(
+    tmp_path: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`protocol: webhok` names every protocol the relay knows."""
+    path = tmp_path / "c.yaml"  # type: ignore[operator]
+    path.write_text(
+        "kafka: {bootstrap_servers: ['k:9092'], topics: [c]}\n"
+        "vendors: {a: {protocol: webhok, base_url: 'https://h.example', goals: {purchase: p}}}\n"
+    )
+    assert main(["check-config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "vendors.a.protocol: invalid value 'webhok'" in err
+    for name in ("altcraft", "conductrics", "expertsender", "goal_reach", "webhook"):
+        assert name in err
