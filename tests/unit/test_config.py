@@ -68,7 +68,10 @@ def test_every_error_is_reported_with_its_path():
     data["http"] = {"port": "abc"}
     problems = _problems(data)
     assert "vendors.sustain_impact.goals.signup: expected uuid, got int" in problems
-    assert "vendors.broken.protocol: invalid value 'nope'" in problems
+    assert (
+        "vendors.broken.protocol: invalid value 'nope'; choose from altcraft, conductrics, "
+        "expertsender, goal_reach, webhook"
+    ) in problems
     assert any(p.startswith("vendors.typo") and "concurency" in p for p in problems)
     assert "http.port: expected int, got str" in problems
 
