@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import ssl
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -362,24 +363,129 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
         problems.append("vendors: expected a mapping with at least one vendor")
         vendors_raw = {}
     vendors: dict[str, VendorConfig] = {}
+    vendor_failed = False
     for name, raw in vendors_raw.items():
         try:
             vendors[str(name)] = msgspec.convert(raw, VendorConfig, str_keys=True, strict=False)
         except msgspec.ValidationError as exc:
-            problems.extend(_vendor_problems(f"vendors.{name}", raw, exc))
+            vendor_failed = True
+            problems.extend(_vendor_entry_problems(f"vendors.{name}", raw, exc))
     rest = {k: v for k, v in data.items() if k != "vendors"}
+    config: Config | None = None
     try:
         config = msgspec.convert({**rest, "vendors": {}}, Config, strict=False)
     except msgspec.ValidationError as exc:
-        problems.append(_msgspec_problem("", exc))
+        problems.extend(_struct_problems({**rest, "vendors": {}}, Config, "", exc))
+    if config is not None:
+        # Checks across fields run whenever the sections they read are valid, so that one run
+        # reports them beside the vendors' own mistakes.
+        semantic = _check_semantics(msgspec.structs.replace(config, vendors=vendors))
+        problems.extend(p for p in semantic if not (vendor_failed and p.startswith("vendors:")))
     if problems:
-        kept = _first_per_path(problems)
+        kept = _first_per_path(_in_file_order(problems, data))
         raise ConfigError(list(dict.fromkeys(found.scrub(p) for p in kept)))
-    config = msgspec.structs.replace(config, vendors=vendors)
-    problems = _check_semantics(config)
-    if problems:
-        raise ConfigError([found.scrub(p) for p in problems])
-    return config
+    assert config is not None
+    return msgspec.structs.replace(config, vendors=vendors)
+
+
+def _in_file_order(problems: list[str], data: dict[str, Any]) -> list[str]:
+    """Problems sorted by where their path first appears in the file (stable otherwise)."""
+    order: dict[str, int] = {}
+
+    def walk(node: Any, path: str) -> None:
+        order.setdefault(path, len(order))
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{path}.{key}" if path else str(key))
+
+    walk(data, "")
+
+    def position(problem: str) -> int:
+        path = problem.partition(": ")[0].split("[", 1)[0]
+        while path and path not in order:
+            path = path.rpartition(".")[0]
+        return order.get(path, len(order))
+
+    return sorted(problems, key=position)
+
+
+def _vendor_entry_problems(prefix: str, raw: Any, exc: msgspec.ValidationError) -> list[str]:
+    """Every mistake in one vendor's entry, once its `protocol` names a known protocol."""
+    from service.vendors import PROTOCOLS
+
+    tag = raw.get("protocol") if isinstance(raw, dict) else None
+    chosen = [cls for cls in PROTOCOLS if cls.__struct_config__.tag == tag]
+    if not chosen or "[...]" in str(exc):
+        return _vendor_problems(prefix, raw, exc)
+    return _struct_problems(raw, chosen[0], prefix, exc)
+
+
+def _struct_type(annotation: Any) -> type[msgspec.Struct] | None:
+    """The Struct a field holds (`X`, `X | None`, `Annotated[X, ...]`), else None."""
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if isinstance(annotation, type) and issubclass(annotation, msgspec.Struct):
+        return annotation
+    options = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if (
+        len(options) == 1
+        and isinstance(options[0], type)
+        and issubclass(options[0], msgspec.Struct)
+    ):
+        return options[0]
+    return None
+
+
+def _entry_problems(raw: dict[Any, Any], annotation: Any, where: str) -> list[str]:
+    """Each bad entry of a map field, named by its key (`goals.purchase`, not `goals[...]`)."""
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    args = typing.get_args(annotation)
+    value_type = args[1] if len(args) == 2 else Any
+    problems = []
+    for key, value in raw.items():
+        try:
+            msgspec.convert(value, value_type, strict=False)
+        except msgspec.ValidationError as exc:
+            problems.append(_msgspec_problem(f"{where}.{key}", exc))
+    return problems or [f"{where}: invalid map"]
+
+
+def _struct_problems(
+    raw: Any, cls: type[msgspec.Struct], prefix: str, exc: msgspec.ValidationError
+) -> list[str]:
+    """Each field's problem in a section (msgspec stops at the first), nested Structs walked."""
+    first = _msgspec_problem(prefix, exc)
+    if not isinstance(raw, dict):
+        return [first]
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = {f.encode_name: f for f in msgspec.inspect.type_info(cls).fields}  # type: ignore[attr-defined]
+    tag_field = cls.__struct_config__.tag_field
+    where_self = prefix or "(top level)"
+    problems: list[str] = []
+    for key, value in raw.items():
+        if key == tag_field:
+            continue
+        where = f"{prefix}.{key}" if prefix else str(key)
+        field = fields.get(key)
+        if field is None:
+            problems.append(f"{where_self}: object contains unknown field {key}")
+            continue
+        annotation = hints[field.name]
+        try:
+            msgspec.convert(value, annotation, strict=False)
+        except msgspec.ValidationError as field_exc:
+            nested = _struct_type(annotation)
+            if nested is not None and isinstance(value, dict):
+                problems.extend(_struct_problems(value, nested, where, field_exc))
+            elif isinstance(value, dict) and "[...]" in str(field_exc):
+                problems.extend(_entry_problems(value, annotation, where))
+            else:
+                problems.append(_msgspec_problem(where, field_exc))
+    for field in fields.values():
+        if field.required and field.encode_name not in raw:
+            problems.append(f"{where_self}: object missing required field {field.encode_name}")
+    return problems or [first]
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:

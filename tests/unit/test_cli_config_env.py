@@ -100,3 +100,51 @@ def test_an_unknown_protocol_lists_the_valid_ones(
     assert "vendors.a.protocol: invalid value 'webhok'" in err
     for name in ("altcraft", "conductrics", "expertsender", "goal_reach", "webhook"):
         assert name in err
+
+
+NINE_MISTAKES = """\
+kafka:
+  bootstrap_servers: ["k:9092"]
+  topics: [c]
+  session_timeout_ms: lots
+  heartbeat_interval_ms: 9000
+  fetch_max_bytes: 10
+http:
+  port: "eighty"
+  transport: curl
+pipeline:
+  max_in_flight: -1
+vendors:
+  a:
+    protocol: altcraft
+    base_url: "https://a.example"
+    token: t
+    concurency: 3
+    goals: {purchase: 1}
+  b:
+    protocol: webhok
+    base_url: "https://b.example"
+    goals: {purchase: p}
+workers: 0
+"""
+
+
+def test_check_config_reports_every_mistake_in_one_pass_in_file_order(
+    tmp_path: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nine mistakes in one file: nine lines in one run, each with its path, in file order."""
+    path = tmp_path / "c.yaml"  # type: ignore[operator]
+    path.write_text(NINE_MISTAKES)
+    assert main(["check-config", str(path)]) == 1
+    paths = [line.partition(": ")[0] for line in capsys.readouterr().err.splitlines()]
+    assert paths == [
+        "kafka.session_timeout_ms",
+        "kafka.fetch_max_bytes",
+        "http.port",
+        "http.transport",
+        "pipeline.max_in_flight",
+        "vendors.a",
+        "vendors.a.goals.purchase",
+        "vendors.b.protocol",
+        "workers",
+    ]
