@@ -16,7 +16,7 @@ from typing import Any
 from service.cli import common
 
 REASONS = ("invalid_event", "rejected", "retries_exhausted", "expired")
-BY_FIELDS = ("vendor", "reason", "status", "hour", "day")
+BY_FIELDS = ("vendor", "reason", "status", "state", "hour", "day")
 
 
 def _since(text: str) -> datetime:
@@ -100,13 +100,13 @@ def cmd_dlq_inspect(args: argparse.Namespace) -> int:
 
     every = [i for i in common.run_async_value(go()) if letters.matches(i)]
     found = every if args.all else [i for i in every if not i.replayed]
-    hidden = len(every) - len(found)
+    title = _inspect_title(every, config.dlq.topic, shown_all=args.all)
     if args.list:
         if args.json:
             now = datetime.now(UTC)
             common.write_json([_letter_row(i, now) for i in found])
             return 0
-        print(_inspect_title(len(found), config.dlq.topic, hidden))
+        print(title)
         if found:
             _print_letters(found, args.wide, with_state=args.all)
         return 0
@@ -114,16 +114,23 @@ def cmd_dlq_inspect(args: argparse.Namespace) -> int:
     if args.json:
         common.write_json(rows)
         return 0
-    print(printable(_inspect_title(len(found), config.dlq.topic, hidden)))
+    print(printable(title))
     if rows:
         print(table(rows, [*args.by, "count"]))
     return 0
 
 
-def _inspect_title(count: int, topic: str, hidden: int) -> str:
-    title = f"{count} dead letters waiting in {topic}"
-    if hidden:
-        title += f" ({hidden} more already replayed: --all shows them)"
+def _inspect_title(every: Sequence[Any], topic: str, shown_all: bool) -> str:
+    """The headline: the letters waiting, and the replayed ones apart (never counted as waiting)."""
+    replayed = sum(1 for i in every if i.replayed)
+    waiting = len(every) - replayed
+    if shown_all:
+        return (
+            f"{len(every)} dead letters in {topic}: {waiting} waiting, {replayed} already replayed"
+        )
+    title = f"{waiting} dead letters waiting in {topic}"
+    if replayed:
+        title += f" ({replayed} more already replayed: --all shows them)"
     return title
 
 

@@ -328,13 +328,15 @@ async def plan_replay(
 
 
 def aggregate(letters: Iterable[LetterInfo], by: Sequence[str]) -> list[dict[str, Any]]:
-    """Count letters per combination of fields (vendor, reason, status, hour, day); None = none."""
+    """Count letters per combination of fields (vendor, reason, status, state, hour, day)."""
 
     def key(info: LetterInfo) -> tuple[str | int | None, ...]:
         values: list[str | int | None] = []
         for field in by:
             if field == "status":
                 values.append(info.http_status)
+            elif field == "state":
+                values.append("replayed" if info.replayed else "open")
             elif field in ("hour", "day"):
                 fmt = "%Y-%m-%dT%H:00Z" if field == "hour" else "%Y-%m-%d"
                 values.append(
