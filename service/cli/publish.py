@@ -17,6 +17,11 @@ def _lines(path: str) -> Iterator[bytes]:
         yield from handle
 
 
+def summary(sent: int, topic: str) -> str:
+    """The one-line result: `published N record(s) to TOPIC`."""
+    return f"published {sent} record{'' if sent == 1 else 's'} to {topic}"
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     """Publish a JSON Lines file or generated sample events to a topic."""
     from service.devtools.demo import sample_lines
@@ -24,6 +29,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     if (args.file is None) == (args.sample is None):
         raise UsageError("give either FILE.jsonl or --sample N")
+    if args.sample is not None and args.sample < 1:
+        raise UsageError(f"--sample: N must be a whole number >= 1, got {args.sample}")
     kwargs: dict[str, Any] = {}
     bootstrap, topic = args.bootstrap, args.topic
     if args.config or os.environ.get("RELAY_CONFIG"):
@@ -49,7 +56,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         return await publish(bootstrap, topic, lines, client=kwargs)
 
     sent = common.run_async(go())
-    print(f"published {sent} records to {topic}")
+    print(summary(sent, topic))
     return 0
 
 
@@ -57,7 +64,9 @@ def add_commands(command: common.AddCommand) -> None:
     """Add `publish`."""
     pub = command("publish", "publish events to a topic")
     pub.add_argument("file", nargs="?", help="JSON Lines file, one event per line")
-    pub.add_argument("--sample", type=int, metavar="N", help="publish N generated sample events")
+    pub.add_argument(
+        "--sample", type=int, metavar="N", help="publish N (>= 1) generated sample events"
+    )
     pub.add_argument("--config", help="take the broker and topic from this config file")
     pub.add_argument("--bootstrap", metavar="HOST:PORT", help="broker (default: from --config)")
     pub.add_argument("--topic", help="topic to publish to (default: the config's first topic)")
