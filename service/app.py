@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -19,7 +20,9 @@ from service.config import Config
 from service.core.redact import redact
 from service.delivery.dedup import DedupStore, make_dedup_store
 from service.delivery.dlq import DeadLetterWriter
+from service.delivery.h1 import H1Transport
 from service.delivery.pipeline import VendorPipeline
+from service.delivery.progress import GroupProgress, ProgressBook
 from service.delivery.ratelimit import (
     LocalRateLimiter,
     RateLimiter,
@@ -41,6 +44,7 @@ from service.http import start_http
 from service.kafka import consumer_kwargs, producer_kwargs
 from service.metrics import Metrics
 from service.vendors import make_adapter
+from service.vendors.base import VendorBase
 
 log = logging.getLogger("conversion_relay.app")
 _PRODUCER_START_TIMEOUT_S = 30.0
@@ -95,6 +99,7 @@ class Relay:
         self._redis: Any = None
         self._limiter: RateLimiter | None = None
         self._dedup: DedupStore | None = None
+        self._progress: ProgressBook | None = None
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown (what SIGTERM and SIGINT do)."""
@@ -168,7 +173,28 @@ class Relay:
             log.info("DLQ producer connected; starting %d pipelines", len(self.vendor_names))
             self._producer = producer
             self._dlq = DeadLetterWriter(producer, self.config.dlq.topic, self.metrics)
+            self._progress = ProgressBook(
+                self.config.kafka, None, make_producer=self._progress_producer
+            )
             return
+
+    async def _progress_producer(self) -> AIOKafkaProducer:
+        """A started producer for the progress topic alone (never the DLQ producer)."""
+        producer = AIOKafkaProducer(**producer_kwargs(self.config.kafka))
+        try:
+            await asyncio.wait_for(producer.start(), _PRODUCER_START_TIMEOUT_S)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 1.0)
+            raise
+        return producer
+
+    def _make_transport(self, name: str, vendor: VendorBase) -> Transport:
+        """The vendor's transport, its transport-level re-sends counted."""
+        transport = make_transport(name, vendor, self.config.http)
+        if isinstance(transport, H1Transport):
+            transport.on_resend = self.metrics.transport_resends.labels(name).inc
+        return transport
 
     def make_pipeline(
         self,
@@ -185,7 +211,7 @@ class Relay:
         # One transport per vendor for the process' life: a restarted pipeline keeps its pool.
         transport = self._transports.get(name)
         if transport is None:
-            transport = self._transports[name] = make_transport(name, vendor, self.config.http)
+            transport = self._transports[name] = self._make_transport(name, vendor)
         assert self._limiter is not None, "start_shared() first"
         sender = Sender(
             name, make_adapter(name, vendor), transport, vendor, self.metrics, self._limiter
@@ -199,6 +225,11 @@ class Relay:
             self._limiter.set_share(name, partition_share(consumer, list(kafka.topics)))
         dlq = dlq or self._dlq
         assert dlq is not None
+        # Live groups keep their progress above the commit point in Kafka; replay brings its
+        # own consumer, whose commits are replay marks.
+        progress = None
+        if live and self._progress is not None:
+            progress = GroupProgress(consumer, group, self._progress)
         return VendorPipeline(
             name,
             vendor,
@@ -210,6 +241,7 @@ class Relay:
             self.metrics,
             accept=accept,
             dedup=self._dedup,
+            progress=progress,
         )
 
     async def start_shared(self) -> None:
@@ -232,7 +264,7 @@ class Relay:
         for name in self.vendor_names:  # now, so an unusable http.ca_bundle stops the start
             if name not in self._transports:
                 vendor = config.vendors[name]
-                self._transports[name] = make_transport(name, vendor, config.http)
+                self._transports[name] = self._make_transport(name, vendor)
                 kind = vendor.transport or config.http.transport
                 log.info("HTTP client: %s", kind, extra={"vendor": name})
         await self._start_producer()
@@ -241,6 +273,9 @@ class Relay:
         """Close vendor transports, the producer and the Redis client."""
         transports, self._transports = list(self._transports.values()), {}
         await asyncio.gather(*(t.aclose() for t in transports), return_exceptions=True)
+        if self._progress is not None:
+            await self._progress.close()
+            self._progress = None
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None

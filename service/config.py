@@ -14,11 +14,18 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
+from service.core.proxy import (
+    ProxySetting,
+    ProxySettingError,
+    VendorProxySetting,
+    effective_proxy,
+    proxy_policy,
+)
 from service.core.redact import is_secret_key, redact, remember_secrets
 from service.delivery.redis_config import DedupConfig, RedisConfig
 from service.errors import ConfigError
 from service.vendors import VendorConfig
-from service.vendors.base import TransportName
+from service.vendors.base import PROXY_TRANSPORTS, TransportName
 from service.vendors.paths import shown_url
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -79,6 +86,18 @@ class KafkaConfig(Strict, frozen=True):
     # 50 MiB default let five busy vendors peak over the 150 MiB budget. 1 MiB is ~1,600
     # events, more than a pipeline's max_in_flight.
     fetch_max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
+    # Where each vendor group keeps its progress above the commit point (offsets completed
+    # behind a record still retrying, and that record's first-attempt time): `metadata` = in
+    # the OffsetCommit metadata (Kafka, MSK, Confluent, Redpanda); `topic` = also in the
+    # compacted progress_topic, for brokers that drop commit metadata (the embedded Tansu);
+    # `auto` = metadata, switching to the topic after the first commit if the broker dropped it.
+    progress_store: Literal["auto", "metadata", "topic"] = "auto"
+    # The compacted progress topic (`topic` store); null = `<group_prefix>.progress`. Created
+    # (1 partition, cleanup.policy=compact) on first use if missing.
+    progress_topic: str | None = None
+    # Longest progress text one commit carries: under the brokers' offset.metadata.max.bytes
+    # (Kafka's default 4096). Past it the commit keeps only the retry clocks, then the offset.
+    commit_metadata_max_bytes: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 4000
 
 
 EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
@@ -104,6 +123,11 @@ class HttpConfig(Strict, frozen=True):
     # A PEM file of extra root certificates trusted for vendor TLS (on top of the system's), e.g.
     # a private CA in front of a vendor; null = the system's roots only.
     ca_bundle: str | None = None
+    # The egress proxy of every vendor (a vendor's `proxy` overrides it): null = direct, and the
+    # environment's HTTPS_PROXY/HTTP_PROXY are never read; `env` = take them (and NO_PROXY) from
+    # the environment, as curl does; or `{url: http://proxy:3128, username, password: ${ENV},
+    # no_proxy: [...]}`. https:// vendors are reached through a CONNECT tunnel.
+    proxy: ProxySetting = None
 
 
 class DlqConfig(Strict, frozen=True):
@@ -314,8 +338,34 @@ def ca_bundle_certificates(path: str) -> list[bytes]:
     return certificates
 
 
-def _check_semantics(config: Config) -> list[str]:
-    problems = []
+def _proxy_problems(config: Config, env: Mapping[str, str]) -> list[str]:
+    """Each proxy setting that cannot be used, and each proxied vendor on a transport without
+    proxy support; the secrets of the usable ones are remembered for redaction."""
+    problems: list[str] = []
+    secrets: list[str] = []
+    for name, vendor in config.enabled_vendors().items():
+        where = f"vendors.{name}.proxy" if vendor.proxy is not None else "http.proxy"
+        try:
+            policy = proxy_policy(effective_proxy(config.http.proxy, vendor.proxy), env)
+        except ProxySettingError as exc:
+            problems.append(exc.problem(where))
+            continue
+        if policy is None:
+            continue
+        secrets.extend(policy.secrets)
+        kind = vendor.transport or config.http.transport
+        if kind not in PROXY_TRANSPORTS:
+            field = f"vendors.{name}.transport" if vendor.transport else "http.transport"
+            problems.append(
+                f"{field}: {kind} cannot send through an egress proxy ({where} is set);"
+                f" use {' or '.join(sorted(PROXY_TRANSPORTS))}, or `proxy: direct` for {name}"
+            )
+    remember_secrets(secrets)
+    return list(dict.fromkeys(problems))
+
+
+def _check_semantics(config: Config, env: Mapping[str, str]) -> list[str]:
+    problems = _proxy_problems(config, env)
     if config.http.ca_bundle is not None:
         try:
             ca_bundle_certificates(config.http.ca_bundle)
@@ -379,7 +429,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     if config is not None:
         # Checks across fields run whenever the sections they read are valid, so that one run
         # reports them beside the vendors' own mistakes.
-        semantic = _check_semantics(msgspec.structs.replace(config, vendors=vendors))
+        semantic = _check_semantics(msgspec.structs.replace(config, vendors=vendors), found.env)
         problems.extend(p for p in semantic if not (vendor_failed and p.startswith("vendors:")))
     if problems:
         kept = _first_per_path(_in_file_order(problems, data))
@@ -555,6 +605,19 @@ def plaintext_warning(config: Config) -> str | None:
     return "plain-text transport: " + "; ".join(found) if found else None
 
 
+def _shown_proxy(setting: VendorProxySetting) -> str | None:
+    """A vendor's proxy for the summary, credentials never shown; None = direct."""
+    if setting is None or setting == "direct":
+        return None
+    if setting == "env":
+        return "env (HTTPS_PROXY/HTTP_PROXY/NO_PROXY)"
+    try:
+        policy = proxy_policy(setting, {})
+    except ProxySettingError:
+        return "(invalid)"
+    return policy.shown if policy is not None else None
+
+
 def summary(config: Config) -> str:
     """A short human summary for `check-config`: vendors, protocols and goal routes, no secret."""
     kafka = redacted(config)["kafka"]
@@ -567,9 +630,11 @@ def summary(config: Config) -> str:
         state = "enabled" if vendor.enabled else "disabled"
         routes = ", ".join(f"{goal} -> {gid}" for goal, gid in vendor.goal_ids().items())
         tag = type(vendor).__struct_config__.tag
+        proxy = _shown_proxy(effective_proxy(config.http.proxy, vendor.proxy))
         lines.append(
             f"vendor {name} ({tag}, {state}): {shown_url(vendor.base_url)}"
-            f" concurrency={vendor.concurrency} goals: {routes or '(none)'}"
+            f" concurrency={vendor.concurrency}{f' proxy={proxy}' if proxy else ''}"
+            f" goals: {routes or '(none)'}"
         )
     warning = plaintext_warning(config)
     if warning:

@@ -12,7 +12,7 @@ import aiokafka.consumer.fetcher as _fetcher
 from aiokafka.helpers import create_ssl_context
 from aiokafka.record.default_records import DefaultRecordBatch as _DefaultRecordBatch
 from aiokafka.record.memory_records import MemoryRecords as _MemoryRecords
-from aiokafka.structs import TopicPartition
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from service.config import KafkaConfig
 from service.core import records
@@ -70,6 +70,26 @@ def coordinator_known(consumer: Any) -> bool:
     """
     coordinator = getattr(consumer, "_coordinator", None)
     return coordinator is not None and getattr(coordinator, "coordinator_id", None) is not None
+
+
+async def fetch_committed(
+    consumer: Any, partitions: list[TopicPartition]
+) -> dict[TopicPartition, OffsetAndMetadata]:
+    """The group's committed offset and metadata per partition (those with a commit).
+
+    aiokafka's `committed()` returns the offset alone; its coordinator's OffsetFetch has the
+    metadata too. A consumer without one (a test's fake) gives offsets with empty metadata.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    fetch = getattr(coordinator, "fetch_committed_offsets", None)
+    if fetch is not None:
+        return dict(await fetch(partitions))
+    found = {}
+    for tp in partitions:
+        offset = await consumer.committed(tp)
+        if offset is not None:
+            found[tp] = OffsetAndMetadata(offset, "")
+    return found
 
 
 # ---- reading fetched records: the one boundary with aiokafka's record parser ---------------

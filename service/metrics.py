@@ -15,6 +15,7 @@ time instead (service/workers.py), one series per `worker`. Garbage collections
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
@@ -197,6 +198,15 @@ class Metrics:
             ["vendor", "status_class"],
             registry=r,
         )
+        # Requests the transport sent a second time by itself (the h1 transport only): a kept-alive
+        # connection closed after it was taken from the pool and before the request was written,
+        # so the server cannot have read it. A written request is never re-sent this way.
+        self.transport_resends = Counter(
+            f"{p}_transport_resends_total",
+            "Requests re-sent on a fresh connection, never having been written.",
+            ["vendor"],
+            registry=r,
+        )
         # Round-trip time of vendor HTTP requests, 5 ms to 30 s buckets (`_bucket`, `_sum`,
         # `_count`).
         self.request_duration = Histogram(
@@ -359,6 +369,18 @@ class Metrics:
             self.gc_collections.labels(generation)
             self.gc_objects_collected.labels(generation)
             self.gc_objects_uncollectable.labels(generation)
+
+    def drop_lag(self, vendor: str, topic: str, partition: int) -> None:
+        """Forget a revoked partition's lag. Zeroed first: under `--workers` the process' file
+        keeps the last value it was given, which the merged sum would go on counting."""
+        labels = (vendor, topic, str(partition))
+        try:
+            child: Any = self.consumer_lag._metrics[labels]  # an existing sample, never a new one
+        except KeyError:
+            return  # never had a lag sample
+        child.set(0)
+        with contextlib.suppress(KeyError):
+            self.consumer_lag.remove(*labels)
 
     def batched_counter(self, child: Any) -> BatchedCounter:
         """A hot-path view of a counter child, flushed on every scrape and by `flush()`."""

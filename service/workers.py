@@ -38,6 +38,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
@@ -54,6 +55,38 @@ WORKER_LABEL = "worker"
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
 CRASH_LIMIT = 5
 CRASH_WINDOW_S = 120.0
+# A worker whose own /livez does not answer within this is not live (a stopped or wedged
+# process: its pid alone says nothing); under Kubernetes' default 1 s probe timeout.
+WORKER_LIVEZ_TIMEOUT_S = 0.8
+# Metric types whose values outlive their process: a dead worker's are added into one file each.
+_FOLDED_TYPES = ("counter", "histogram", "summary")
+
+
+def fold_dead_process(directory: Path, pid: int) -> None:
+    """Fold a dead process' metric files into the directory's merged ones and remove them.
+
+    Counters and histograms keep counting across restarts (added into `<type>_merged.db`, the
+    same mmap format, so the collector reads them as any other file); gauges of a dead process
+    are dropped. Scrape cost stays one file per type and live worker, however many restarts.
+    Not thread safe: the supervisor calls it from its event loop, between scrapes.
+    """
+    mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+    for kind in _FOLDED_TYPES:
+        source = directory / f"{kind}_{pid}.db"
+        if not source.exists():
+            continue
+        # prometheus_client's mmap file format, untyped: read with its own reader, written back.
+        merged: Any = MmapedDict(str(directory / f"{kind}_merged.db"))  # type: ignore[no-untyped-call]
+        reader: Any = MmapedDict.read_all_values_from_file
+        try:
+            for key, value, timestamp, _ in reader(str(source)):
+                total, _ = merged.read_value(key)
+                merged.write_value(key, total + value, timestamp)
+        finally:
+            merged.close()
+        source.unlink()
+    for gauge in directory.glob(f"gauge_*_{pid}.db"):
+        gauge.unlink(missing_ok=True)
 
 
 class Worker:
@@ -157,9 +190,16 @@ class Supervisor:
 
         async def livez(request: web.Request) -> web.Response:
             dead = [w.index for w in self.workers if not w.alive]
-            status = 503 if dead else 200
+            running = [w for w in self.workers if w.alive]
+            timeout = aiohttp.ClientTimeout(total=WORKER_LIVEZ_TIMEOUT_S)
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                answers = await asyncio.gather(*(self._get(session, w, "/livez") for w in running))
+            silent = [w.index for w, (code, _) in zip(running, answers, strict=True) if code != 200]
+            live = not dead and not silent
             return web.json_response(
-                {"live": not dead, "dead_workers": dead}, status=status, dumps=_dumps
+                {"live": live, "dead_workers": dead, "unresponsive_workers": silent},
+                status=200 if live else 503,
+                dumps=_dumps,
             )
 
         async def readyz(request: web.Request) -> web.Response:
@@ -247,7 +287,7 @@ class Supervisor:
     def _died(self, worker: Worker, now: float) -> None:
         assert worker.process is not None
         pid = worker.process.pid
-        mark_process_dead(pid, str(self._dir))  # type: ignore[no-untyped-call]
+        fold_dead_process(self._dir, pid)
         worker.crashes = [t for t in worker.crashes if now - t < CRASH_WINDOW_S] + [now]
         if len(worker.crashes) >= CRASH_LIMIT:
             log.error(

@@ -35,6 +35,10 @@ class OffsetTracker:
         self._done.add(offset)
         return False
 
+    def done_above(self) -> set[int]:
+        """Terminal offsets above the commit point (behind an unfinished one)."""
+        return self._done
+
     @property
     def last_dispatched(self) -> int | None:
         """The highest offset dispatched so far."""

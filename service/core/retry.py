@@ -11,6 +11,11 @@ The default meaning of a status (`default_action`):
 
 A vendor's `status_actions` config overrides single statuses (e.g. `409: delivered` for a
 vendor that answers a duplicate with Conflict); `StatusTable` is that table.
+
+A vendor-wide pause (a 429/503 with Retry-After) lasts the vendor's Retry-After, but never less
+than a floor (`ThrottleBackoff`): the base backoff with jitter, doubled for each throttle in a
+row up to `max_backoff_s`, back to the base after a delivered answer. `Retry-After: 0` (or a date
+in the past) is then a short pause, not a loop.
 """
 
 from __future__ import annotations
@@ -36,8 +41,10 @@ class RetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # None by default: a small count dead-letters ~0.3**n of a vendor failing 30 % at random.
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
     # Ceiling of the first retry delay; it doubles per retry, each delay drawn below it (jitter).
+    # Also the floor of a vendor-wide Retry-After pause (drawn in ½–1× of it), doubling while the
+    # vendor keeps throttling.
     initial_backoff_s: _PositiveFloat = 0.2
-    # Cap of one retry delay.
+    # Cap of one retry delay, and of a vendor-wide pause's floor.
     max_backoff_s: _PositiveFloat = 30.0
     # Time budget from the first attempt: past it the record is dead-lettered as
     # `retries_exhausted`.
@@ -50,12 +57,14 @@ __all__ = [
     "HttpStatus",
     "StatusActions",
     "StatusTable",
+    "ThrottleBackoff",
     "backoff_s",
     "bounded_retry_after",
     "classify_status",
     "default_action",
     "error_outcome",
     "parse_retry_after",
+    "pause_floor_s",
     "retry_delay_s",
     "should_retry",
 ]
@@ -184,6 +193,51 @@ def backoff_s(attempt: int, initial_s: float, max_s: float, random: Callable[[],
     """Full-jitter exponential backoff before retry number `attempt` (1 = first retry)."""
     ceiling = min(max_s, initial_s * math.pow(2.0, max(0, attempt - 1)))
     return ceiling * random()
+
+
+def pause_floor_s(
+    throttles: int, initial_s: float, max_s: float, random: Callable[[], float]
+) -> float:
+    """The shortest vendor-wide pause after `throttles` throttles in a row (1 = the first): the
+    base backoff doubled per throttle up to `max_s`, drawn in ½–1× of that (never near zero)."""
+    # 2**63 is past any cap a config can hold (and math.pow overflows beyond 2**1023).
+    doublings = min(max(0, throttles - 1), 63)
+    ceiling = min(max_s, initial_s * math.pow(2.0, doublings))
+    return ceiling * (0.5 + 0.5 * random())
+
+
+class ThrottleBackoff:
+    """One vendor's throttle streak, pure (times passed in): how long each vendor-wide pause is.
+
+    A pause is the vendor's Retry-After, at least `pause_floor_s` of the throttles in a row; a
+    delivered answer ends the streak. Only fresh answers count: a request sent before the current
+    pause started was on the wire when it began, so a burst of 429s is one throttle, not twenty.
+    """
+
+    __slots__ = ("_initial_s", "_max_s", "_random", "_started_s", "throttles")
+
+    def __init__(self, config: RetryConfig, random: Callable[[], float]) -> None:
+        self._initial_s = config.initial_backoff_s
+        self._max_s = config.max_backoff_s
+        self._random = random
+        self.throttles = 0  # throttles in a row (0: the vendor takes requests)
+        self._started_s = -math.inf  # when the latest pause started
+
+    def pause_s(self, retry_after_s: float, sent_at_s: float, now_s: float) -> float:
+        """The pause, from `now_s`, that a throttle answer to a request sent at `sent_at_s`
+        calls for (its Retry-After, already bounded)."""
+        if sent_at_s < self._started_s:
+            return retry_after_s  # in flight when the latest pause began: that one covers it
+        self.throttles += 1
+        self._started_s = now_s
+        floor_s = pause_floor_s(self.throttles, self._initial_s, self._max_s, self._random)
+        return max(retry_after_s, floor_s)
+
+    def delivered(self, sent_at_s: float) -> None:
+        """A delivered answer: the vendor takes requests again (unless it was sent before the
+        latest pause started: then it says nothing about now)."""
+        if sent_at_s >= self._started_s:
+            self.throttles = 0
 
 
 def should_retry(

@@ -5,8 +5,12 @@ fetch (always polling; FlowControl pauses partitions by window, records and byte
       delivered / skipped                     → offset terminal
       dead letter (rejected, exhausted, ...)  → dead letter acked → offset terminal
       retry                                   → timer re-queues the record (no worker held)
-commits: as soon as a partition's commit point (PartitionWindow, core/) moves, coalesced over
-`commit_coalesce_s`, and on revocation. TaskSupervisor keeps workers, fetch, commit and lag alive.
+commits: as soon as a partition's progress (PartitionWindow, core/) changes, coalesced over
+`commit_coalesce_s`, and on revocation: the commit point, and with it (ProgressStore) the offsets
+completed above it and the retry clocks of records waiting to be tried again, read back on the
+next assignment so a restart or a rebalance repeats nothing finished and keeps retry budgets.
+stop: nothing new starts (queued and retry-waiting records stay in Kafka, their clocks kept);
+deliveries already started finish within the grace. TaskSupervisor keeps the tasks alive.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from aiokafka.errors import KafkaError, RecordTooLargeError
 from service.config import PipelineConfig
 from service.core import records
 from service.core.exchange import Decision, DecisionKind, VendorRequest
+from service.core.progress import Progress, encode
 from service.core.retry import backoff_s, should_retry
 from service.core.routing import SKIP_REASONS
 from service.core.window import PartitionWindow
@@ -94,6 +99,25 @@ class Consumer(Protocol):
         """Fetch these partitions again."""
 
 
+Restored = tuple[int | None, Progress | None]  # (committed offset, progress seen from it)
+
+
+class ProgressStore(Protocol):
+    """Where a group's commits and the progress above them go (service.delivery.progress)."""
+
+    @property
+    def max_chars(self) -> int:
+        """Longest progress text one commit carries."""
+        ...
+
+    async def save(self, entries: dict[TopicPartition, tuple[int, str]]) -> None:
+        """Commit each partition's offset with its progress text."""
+
+    async def load(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, Restored]:
+        """Each partition's committed offset and the progress kept above it."""
+        ...
+
+
 class DeadLetters(Protocol):
     """The part of the DeadLetterWriter a pipeline uses."""
 
@@ -133,8 +157,10 @@ class Work(Attempts, gc=False, kw_only=True):
     request: VendorRequest | None = None
 
     def is_current(self) -> bool:
-        """Whether its partition is still assigned as when it was fetched (same epoch)."""
-        return self.windows.get(self.tp) is self.window
+        """Whether its partition is still assigned as when it was fetched (same epoch), and the
+        pipeline is not stopping (then a request not yet sent is not sent)."""
+        window = self.window
+        return self.windows.get(self.tp) is window and not window.closing
 
 
 class WorkQueue:
@@ -199,7 +225,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._pipeline.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        self._pipeline.on_assigned(set(assigned))
+        await self._pipeline.on_assigned(set(assigned))
 
 
 class VendorPipeline:
@@ -218,6 +244,7 @@ class VendorPipeline:
         now: Callable[[], datetime] = _utcnow,
         accept: Callable[[Any], str | None] | None = None,
         dedup: DedupStore | None = None,
+        progress: ProgressStore | None = None,
     ) -> None:
         self.vendor = vendor
         self._config = config
@@ -246,13 +273,18 @@ class VendorPipeline:
         )
         self._queue = WorkQueue()
         self._windows: dict[TopicPartition, PartitionWindow] = {}
+        self._progress_store = progress
+        # Records fetched for a partition whose progress is still being read.
+        self._held: dict[TopicPartition, list[Any]] = {}
         self._next_epoch = itertools.count(1)
         self._lag: dict[TopicPartition, int] = {}
-        self._timers: set[asyncio.TimerHandle] = set()
+        # Retry timers by their work's id: the callback takes the work as an argument (a closure
+        # over its own handle would be a cycle holding the record until the collector runs).
+        self._timers: dict[int, asyncio.TimerHandle] = {}
         # Set when fetching paused at the caps may resume (records finished down to low water).
         self._capacity = asyncio.Event()
         self._progress = asyncio.Event()  # set whenever a worker finishes a step
-        self._advanced = asyncio.Event()  # set when a commit point moved on
+        self._advanced = asyncio.Event()  # set when a partition's progress changed
         self._stopping = asyncio.Event()
         self.joined = False
         self.last_error = ""
@@ -343,9 +375,12 @@ class VendorPipeline:
         return sorted(self._windows, key=lambda tp: (tp.topic, tp.partition))
 
     def stop(self) -> None:
-        """Begin the drain: stop fetching, finish in-flight records, commit, leave the group."""
+        """Begin the drain: stop fetching and starting records, finish the deliveries started,
+        commit, leave the group."""
         self._stopping.set()
         self._capacity.set()
+        for window in self._windows.values():
+            window.closing = True
 
     def _task_failed(self, name: str, exc: BaseException) -> None:
         self.last_error = redact(f"task {name} died: {exc!r}")[:300]
@@ -416,12 +451,26 @@ class VendorPipeline:
         window = self._windows.get(tp)
         if window is None:
             return  # fetched just before a revocation: the next owner reads them again
+        if window.loading:  # its progress is being read: these wait for it
+            self._held.setdefault(tp, []).extend(fetched)
+            return
         windows, queue = self._windows, self._queue
         for record in fetched:
-            if window.dispatch(record.offset, _size(record)):
-                queue.put(
-                    Work(record=record, tp=tp, epoch=window.epoch, window=window, windows=windows)
+            offset = record.offset
+            if window.skip_restored(offset):
+                continue  # terminal before this assignment (progress kept in Kafka)
+            if window.dispatch(offset, _size(record)):
+                work = Work(
+                    record=record, tp=tp, epoch=window.epoch, window=window, windows=windows
                 )
+                clock = window.clock(offset)
+                if clock is not None:  # tried before a restart or a move: its budget goes on
+                    work.count = clock.count
+                    work.first_at_s = float(clock.first_at_s)
+                    work.excused_s = float(clock.excused_s)
+                queue.put(work)
+        if window.unsaved:
+            self._advanced.set()
 
     # ---- workers -----------------------------------------------------------------------------
 
@@ -436,8 +485,8 @@ class VendorPipeline:
         while True:
             work = items.popleft() if items else await queue.get()
             window = windows.get(work.tp)
-            if window is None or window.epoch != work.epoch:
-                continue  # its partition was revoked; the new owner delivers it
+            if window is None or window.epoch != work.epoch or window.closing:
+                continue  # revoked (the new owner delivers it) or stopping (left in Kafka)
             window.active += 1
             try:
                 try:
@@ -512,6 +561,7 @@ class VendorPipeline:
             await self._dead_letter(work, decision.dlq_reason, outcome)
             return
         self._retried.inc()
+        self._keep_clock(work)
         self._schedule(work, decision.delay_s)
 
     async def _internal_error(self, work: Work, exc: Exception) -> None:
@@ -527,7 +577,15 @@ class VendorPipeline:
             await self._dead_letter(work, "retries_exhausted", outcome)
             return
         delay_s = backoff_s(work.count, retry.initial_backoff_s, retry.max_backoff_s, random.random)
+        self._keep_clock(work)
         self._schedule(work, delay_s)
+
+    def _keep_clock(self, work: Work) -> None:
+        """A record waits to be tried again: its retry clock goes with the next commit."""
+        if self._progress_store is None:
+            return
+        work.window.note_attempt(work.record.offset, work.first_at_s, work.count, work.excused_s)
+        self._advanced.set()
 
     async def _finish(self, work: Work, end: Terminal) -> None:
         """Count a path that ended before a request, and dead-letter it if it says so."""
@@ -555,21 +613,19 @@ class VendorPipeline:
         await self._write_dead_letter(work, end.dlq_reason, end.error, None)
 
     def _schedule(self, work: Work, delay_s: float) -> None:
-        loop = asyncio.get_running_loop()
+        self._timers[id(work)] = asyncio.get_running_loop().call_later(delay_s, self._requeue, work)
 
-        def requeue() -> None:
-            self._timers.discard(handle)
-            self._queue.put(work)
-
-        handle = loop.call_later(delay_s, requeue)
-        self._timers.add(handle)
+    def _requeue(self, work: Work) -> None:
+        """A retry timer fired: the record goes back in the queue."""
+        self._timers.pop(id(work), None)
+        self._queue.put(work)
 
     def _complete(self, work: Work) -> None:
         window = self._windows.get(work.tp)
         if window is None or window.epoch != work.epoch:
             return  # finished after its partition moved on; the new owner tracks it
-        if window.complete(work.record.offset):
-            self._advanced.set()
+        if window.complete(work.record.offset) or self._progress_store is not None:
+            self._advanced.set()  # the commit point moved, or the progress above it did
         flow = self._flow
         # Wake the fetch loop once, at low water, not at every record that finishes (each wake
         # re-checks every window): between the caps and low water it would only pause again.
@@ -640,7 +696,7 @@ class VendorPipeline:
     # ---- commits and rebalances --------------------------------------------------------------
 
     async def _commit_loop(self) -> None:
-        """Commit soon after a commit point moves (coalesced), and at least every interval."""
+        """Commit soon after progress changes (coalesced), and at least every interval."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._advanced.wait(), self._settings.commit_interval_s)
@@ -649,9 +705,12 @@ class VendorPipeline:
             await self.commit()
 
     async def commit(self, partitions: Iterable[TopicPartition] | None = None) -> None:
-        """Commit the commit point of each (given) partition that moved since the last commit."""
+        """Commit the progress of each (given) partition that changed since the last commit."""
         chosen = self._windows if partitions is None else partitions
         windows = {tp: self._windows[tp] for tp in chosen if tp in self._windows}
+        if self._progress_store is not None:
+            await self._save_progress(self._progress_store, windows)
+            return
         offsets = {}
         for tp, window in windows.items():
             point = window.uncommitted()
@@ -670,6 +729,39 @@ class VendorPipeline:
             window.committed = max(point, window.committed or 0)
         self._metrics.commits.labels(self.vendor).inc()
 
+    async def _save_progress(
+        self, store: ProgressStore, windows: dict[TopicPartition, PartitionWindow]
+    ) -> None:
+        """Commit each changed partition's point with the progress above it (one request)."""
+        entries: dict[TopicPartition, tuple[int, str]] = {}
+        marks: dict[TopicPartition, int] = {}
+        for tp, window in windows.items():
+            if not window.unsaved:
+                continue
+            kept = window.progress()
+            if kept is None:
+                continue
+            committed = window.committed
+            if committed is not None and kept.base < committed:
+                kept = kept.since(committed)  # never commit backwards
+                if kept is None:
+                    continue
+            entries[tp] = (kept.base, encode(kept, store.max_chars))
+            marks[tp] = window.changes
+        if not entries:
+            return
+        try:
+            await store.save(entries)
+        except KafkaError as exc:
+            self._metrics.commit_failures.labels(self.vendor).inc()
+            log.warning("commit failed: %r", exc, extra={"vendor": self.vendor})
+            return
+        for tp, (point, _) in entries.items():
+            window = windows[tp]
+            window.saved = max(window.saved, marks[tp])
+            window.committed = max(point, window.committed or 0)
+        self._metrics.commits.labels(self.vendor).inc()
+
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Wait (bounded) for started deliveries of revoked partitions, commit, forget them."""
         revoked &= set(self._windows)
@@ -680,15 +772,19 @@ class VendorPipeline:
         await self.commit(revoked)
         for tp in revoked:
             self._windows.pop(tp, None)
+            self._held.pop(tp, None)
             self._lag.pop(tp, None)
-            with contextlib.suppress(KeyError):  # never had a lag sample
-                self._metrics.consumer_lag.remove(self.vendor, tp.topic, str(tp.partition))
+            self._metrics.drop_lag(self.vendor, tp.topic, tp.partition)
         self._flow.forget(revoked)
 
-    def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Start tracking newly assigned partitions (a new epoch each)."""
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Start tracking newly assigned partitions (a new epoch each) from their progress."""
+        store = self._progress_store
+        fresh = {}
         for tp in assigned:
-            self._windows[tp] = PartitionWindow(next(self._next_epoch))
+            window = PartitionWindow(next(self._next_epoch), loading=store is not None)
+            window.closing = self._stopping.is_set()
+            self._windows[tp] = fresh[tp] = window
         self.joined = True
         self._metrics.rebalances.labels(self.vendor).inc()
         self._metrics.assigned_partitions.labels(self.vendor).set(len(self._windows))
@@ -697,6 +793,44 @@ class VendorPipeline:
             sorted(f"{tp.topic}:{tp.partition}" for tp in assigned),
             extra={"vendor": self.vendor},
         )
+        if store is not None:
+            await self._restore(store, fresh)
+
+    async def _restore(
+        self, store: ProgressStore, fresh: dict[TopicPartition, PartitionWindow]
+    ) -> None:
+        """Read the progress kept for new partitions; then release what was fetched meanwhile."""
+        restored: dict[TopicPartition, Restored] = {}
+        try:
+            async with asyncio.timeout(self._settings.revoke_timeout_s):
+                restored = await store.load(set(fresh))
+        except Exception as exc:  # never leave a partition waiting: start from its offset
+            log.warning(
+                "progress above the commit point not read (%r): records finished after it "
+                "may be delivered again",
+                exc,
+                extra={"vendor": self.vendor},
+            )
+        done = clocks = 0
+        for tp, window in fresh.items():
+            if self._windows.get(tp) is not window:
+                continue  # revoked while its progress was read
+            committed, kept = restored.get(tp, (None, None))
+            window.restore(committed, kept)
+            if kept is not None:
+                done += len(kept.done)
+                clocks += len(kept.attempts)
+            held = self._held.pop(tp, None)
+            if held:
+                self._dispatch(tp, held)
+        if done or clocks:
+            log.info(
+                "progress restored: %d records above the commit points already finished, %d "
+                "retry clocks carried over",
+                done,
+                clocks,
+                extra={"vendor": self.vendor},
+            )
 
     async def _lag_loop(self) -> None:
         while True:
@@ -746,16 +880,25 @@ class VendorPipeline:
 
     # ---- shutdown ----------------------------------------------------------------------------
 
+    @property
+    def sending(self) -> int:
+        """Deliveries started and not finished (what a stop waits for)."""
+        return sum(w.active for w in self._windows.values())
+
     async def _drain(self) -> None:
-        await self._wait_until(lambda: not self.in_flight, self._settings.shutdown_grace_s)
-        if self.in_flight:
+        # Records waiting on a retry timer or in the queue are not in flight: they stay in Kafka
+        # (the commit below keeps their retry clocks); only deliveries already started finish.
+        for window in self._windows.values():
+            window.closing = True
+        for handle in self._timers.values():
+            handle.cancel()
+        await self._wait_until(lambda: not self.sending, self._settings.shutdown_grace_s)
+        if self.sending:
             log.warning(
-                "grace period over with %d records in flight; they will be redelivered",
-                self.in_flight,
+                "grace period over with %d deliveries in flight; they will be redelivered",
+                self.sending,
                 extra={"vendor": self.vendor},
             )
-        for handle in self._timers:
-            handle.cancel()
         await self._supervisor.stop()
         await self.commit()
         await self._consumer.stop()

@@ -18,7 +18,9 @@ touch Redis (their Retry-After pauses stay local: each replica gets its own 429s
 FIFO). A Retry-After pause is vendor-wide: every `acquire()` for that vendor waits it out,
 and a slot whose time fell inside a pause is reserved again after it, so the queue does not
 burst when the pause ends. With Redis the pause is a key with a PX expiry that the same script
-checks, so one replica's 429 pauses them all.
+checks, so one replica's 429 pauses them all. The end time stored is the one the sender computed,
+floor included (`service.core.retry.ThrottleBackoff`: never shorter than the jittered base
+backoff), so a `Retry-After: 0` pauses every replica, not only the one it answered.
 
 Keys: `{prefix}ratelimit:{vendor}[:account]` (GCRA theoretical arrival time, expires when idle)
 and `{prefix}pause:{vendor}`; the `{vendor}` hash tag keeps both in one Redis Cluster slot.

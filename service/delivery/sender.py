@@ -3,7 +3,8 @@
 Outermost first, each a small object tested alone:
 
     breaker        wait while the vendor's circuit is open (one jittered probe per interval)
-    pause          sit out a vendor-wide Retry-After pause (bounded), outside the gate
+    pause          sit out a vendor-wide Retry-After pause (bounded, floored: at least the base
+                   backoff, doubling while the vendor keeps throttling), outside the gate
     gate           adaptive (AIMD) concurrency gate; fed the true in-flight count
     rate token     the vendor's rate limit (shared over Redis if set), taken inside the gate
                    so requests queued at the gate do not burst out together
@@ -42,6 +43,7 @@ from service.core.exchange import (
 from service.core.retry import (
     RetryConfig,
     StatusTable,
+    ThrottleBackoff,
     backoff_s,
     bounded_retry_after,
     error_outcome,
@@ -197,14 +199,24 @@ class BreakerLayer:
 
 class PauseLayer:
     """Holds requests during a vendor-wide Retry-After pause (before they take a gate slot), and
-    turns a 429/503's Retry-After into such a pause; one warning per pause start."""
+    turns a 429/503's Retry-After into such a pause, floored by the vendor's throttle streak
+    (`ThrottleBackoff`: `Retry-After: 0` is a short pause, doubling while the vendor keeps
+    throttling); one warning per pause start."""
 
     def __init__(
-        self, vendor: str, limiter: RateLimiter, clock: Clock, sleep: Sleep = asyncio.sleep
+        self,
+        vendor: str,
+        limiter: RateLimiter,
+        throttle: ThrottleBackoff,
+        clock: Clock,
+        monotonic: Clock,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.vendor = vendor
+        self.throttle = throttle
         self._limiter = limiter
         self._clock = clock
+        self._monotonic = monotonic
         self._sleep = sleep
 
     async def wait(self) -> float:
@@ -220,18 +232,23 @@ class PauseLayer:
         """Whether the outcome pauses the whole vendor (429/503 with a usable Retry-After)."""
         return outcome.retry_after_s is not None and outcome.status in VENDOR_WIDE_WAIT
 
-    async def after(self, outcome: Outcome) -> None:
-        """Pause the vendor when the answer asks it to (its Retry-After is already bounded)."""
+    async def after(self, outcome: Outcome, sent_at_s: float) -> None:
+        """Pause the vendor when the answer (to a request sent at monotonic `sent_at_s`) asks it
+        to: its Retry-After (already bounded), at least the throttle streak's floor."""
         if not self.is_vendor_wide(outcome) or outcome.retry_after_s is None:
             return
+        pause_s = self.throttle.pause_s(outcome.retry_after_s, sent_at_s, self._monotonic())
+        if pause_s <= 0:
+            return  # an answer the current pause already covers, asking for no more
         was_paused = self._limiter.pause_left_s(self.vendor) > 0
-        await self._limiter.pause_until(self.vendor, self._clock() + outcome.retry_after_s)
+        await self._limiter.pause_until(self.vendor, self._clock() + pause_s)
         if not was_paused and self._limiter.pause_left_s(self.vendor) > 0:
             log.warning(
-                "vendor %s asked to wait: every request paused %.1fs (HTTP %s, Retry-After)",
+                "vendor %s asked to wait: every request paused %.1fs (HTTP %s, Retry-After %gs)",
                 self.vendor,
-                outcome.retry_after_s,
+                pause_s,
                 outcome.status,
+                outcome.retry_after_s,
                 extra={"vendor": self.vendor, "status": outcome.status},
             )
 
@@ -425,7 +442,9 @@ class Sender:
             monotonic,
             sleep,
         )
-        self._pause = PauseLayer(vendor, limiter, clock, sleep)
+        self._pause = PauseLayer(
+            vendor, limiter, ThrottleBackoff(config.retry, rng), clock, monotonic, sleep
+        )
         self._gate = ConcurrencyGate(self.concurrency, self._limit_gauge.set, monotonic)
         self._retry = RetryPolicy(config.retry, rng, clock)
         # Bound once; counted in plain numbers, handed to prometheus on every scrape.
@@ -499,7 +518,9 @@ class Sender:
             try:
                 answer: VendorResponse | DeliveryError = await self._transport.send(request)
             except DeliveryError as error:  # transport
-                answer = error
+                # Without its traceback: kept in this frame, it would hold the frame (and the
+                # request) in a cycle only the collector frees.
+                answer = error.with_traceback(None)
             rtt_s = time.perf_counter() - started_s
             self._duration.observe(rtt_s)
             outcome = self._classify(request, answer)  # classify + status overrides
@@ -510,9 +531,11 @@ class Sender:
         if breaker is not None:
             self._breaker_layer.record(outcome, sent_at_s, attempts)
         if outcome.kind is OutcomeKind.DELIVERED:
+            if self._pause.throttle.throttles:
+                self._pause.throttle.delivered(sent_at_s)  # the vendor takes requests again
             return self._retry.decide(outcome, attempts, None)
         if outcome.retry_after_s is not None:
-            await self._pause.after(outcome)
+            await self._pause.after(outcome, sent_at_s)
         return self._retry.decide(outcome, attempts, self._vendor_wait_s(outcome))  # retry
 
     def retry_delay_s(self, outcome: Outcome, attempts: Attempts) -> float | None:

@@ -6,6 +6,8 @@ config (`http.transport`, or the vendor's own `transport`). Three implement it:
 (service/delivery/transport_reqwest.py) and `AiohttpTransport`; each is one pooled client per
 vendor, TLS verified (plus `http.ca_bundle`), redirects
 never followed (a 3xx is an answer the sender classifies, never a delivery), no cookies kept,
+through the vendor's egress proxy when `http.proxy` (or the vendor's own `proxy`) names one
+(`vendor_proxy`: never a proxy taken from the environment unasked),
 the body read up to `max_body_bytes` (beyond it the connection is closed and the exchange
 fails), and the client's errors translated here, once, into the relay's `VendorTimeout` /
 `VendorUnreachable`, their text redacted where it is made.
@@ -14,15 +16,26 @@ fails), and the client's errors translated here, once, into the relay's `VendorT
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from service.config import ca_bundle_certificates
 from service.core.exchange import VendorRequest, VendorResponse
-from service.delivery.h1 import H1Transport
-from service.errors import VendorTimeout, VendorUnreachable
+from service.core.proxy import (
+    ProxyPolicy,
+    ProxyRoute,
+    ProxySettingError,
+    effective_proxy,
+    proxy_policy,
+)
+from service.core.redact import remember_secrets
+from service.delivery.h1 import H1Transport, tls_context
+from service.errors import ConfigError, VendorTimeout, VendorUnreachable
 from service.logs import redact
 from service.vendors.base import VendorBase
 
@@ -54,30 +67,57 @@ class Transport(Protocol):
         ...
 
 
+def vendor_proxy(
+    name: str, vendor: VendorBase, http: HttpConfig, environ: Mapping[str, str] | None = None
+) -> ProxyPolicy | None:
+    """The vendor's proxy policy (its own `proxy`, else `http.proxy`); None = always direct.
+
+    The process environment is read only when the setting is `env`.
+    """
+    setting = effective_proxy(http.proxy, vendor.proxy)
+    try:
+        policy = proxy_policy(setting, os.environ if environ is None else environ)
+    except ProxySettingError as exc:
+        where = f"vendors.{name}.proxy" if vendor.proxy is not None else "http.proxy"
+        raise ConfigError([redact(exc.problem(where))]) from None
+    if policy is not None:
+        remember_secrets(policy.secrets)
+    return policy
+
+
+def _pem(certificates: list[bytes]) -> str:
+    """PEM certificates as one text, for `load_verify_locations(cadata=...)`."""
+    return b"\n".join(certificates).decode("ascii")
+
+
 def make_transport(name: str, vendor: VendorBase, http: HttpConfig) -> Transport:
-    """A vendor's transport: its own `transport` choice, else `http.transport`."""
+    """A vendor's transport: its own `transport` choice, else `http.transport`; its proxy policy."""
+    proxy = vendor_proxy(name, vendor, http)
     certificates = ca_bundle_certificates(http.ca_bundle) if http.ca_bundle else []
     kind = vendor.transport or http.transport
-    if kind in ("aiohttp", "h1"):
+    if kind == "h1":
+        return H1Transport(
+            name,
+            pool_size=vendor.concurrency,
+            timeout_s=vendor.timeout_s,
+            connect_timeout_s=min(vendor.connect_timeout_s, vendor.timeout_s),
+            max_body_bytes=MAX_BODY_BYTES,
+            # h1's own context (ALPN, TLS session resumption), the system's roots plus the
+            # bundle's; None: H1Transport makes that context itself for https.
+            ssl_context=tls_context(cadata=_pem(certificates)) if certificates else None,
+            proxy=proxy,
+        )
+    if kind == "aiohttp":
         context = None
         if certificates:
             context = ssl.create_default_context()  # the system's roots, then the bundle's
-            context.load_verify_locations(cadata=b"\n".join(certificates).decode("ascii"))
-        if kind == "h1":
-            return H1Transport(
-                name,
-                pool_size=vendor.concurrency,
-                timeout_s=vendor.timeout_s,
-                connect_timeout_s=min(vendor.connect_timeout_s, vendor.timeout_s),
-                max_body_bytes=MAX_BODY_BYTES,
-                ssl_context=context,  # None: H1Transport's own default context for https
-            )
-        return AiohttpTransport(name, new_session(vendor, context))
+            context.load_verify_locations(cadata=_pem(certificates))
+        return AiohttpTransport(name, new_session(vendor, context), proxy=proxy)
     # Imported only when a vendor uses it: the Rust library costs ~7 MiB of resident memory.
     from service.delivery.transport_reqwest import PyreqwestTransport
 
     return PyreqwestTransport(
-        name, vendor, max_body_bytes=MAX_BODY_BYTES, ca_certificates=certificates
+        name, vendor, max_body_bytes=MAX_BODY_BYTES, ca_certificates=certificates, proxy=proxy
     )
 
 
@@ -109,14 +149,26 @@ class AiohttpTransport:
     """The aiohttp transport of one vendor."""
 
     def __init__(
-        self, vendor: str, session: aiohttp.ClientSession, max_body_bytes: int = MAX_BODY_BYTES
+        self,
+        vendor: str,
+        session: aiohttp.ClientSession,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        *,
+        proxy: ProxyPolicy | None = None,
     ) -> None:
         self.vendor = vendor
         self._session = session
         self._max_body_bytes = max_body_bytes
+        self._proxy = proxy
+        # Each origin's route, decided once (a vendor has one origin: its base_url's).
+        self._routes: dict[str, ProxyRoute | None] = {}
 
     async def send(self, request: VendorRequest) -> VendorResponse:
         """The HTTP round trip, no redirect followed, the body bounded."""
+        if self._proxy is not None:
+            route = self._route(request.url)
+            if route is not None:
+                return await self._send_proxied(request, route)
         try:
             async with self._session.request(
                 request.method,
@@ -131,6 +183,72 @@ class AiohttpTransport:
             raise VendorTimeout(redact(f"no answer from {self.vendor}")) from exc
         except aiohttp.ClientError as exc:
             raise VendorUnreachable(redact(f"{type(exc).__name__}: {exc}")) from exc
+
+    def _route(self, url: str) -> ProxyRoute | None:
+        """The proxy of the request's origin (None: direct), cached per origin."""
+        scheme, _, rest = url.partition("://")
+        origin = scheme + "://" + rest.partition("/")[0].partition("?")[0]
+        try:
+            return self._routes[origin]
+        except KeyError:
+            pass
+        assert self._proxy is not None
+        try:
+            parts = urlsplit(url)
+            host, port = parts.hostname or "", parts.port
+        except ValueError:
+            return None  # aiohttp refuses the URL itself, with its own error
+        port = port if port is not None else 443 if scheme.lower() == "https" else 80
+        route = self._routes[origin] = self._proxy.route(scheme.lower(), host, port)
+        return route
+
+    async def _send_proxied(self, request: VendorRequest, route: ProxyRoute) -> VendorResponse:
+        """The round trip through the route's proxy: CONNECT for https, else absolute-form."""
+        headers = request.headers
+        proxy_headers = None
+        if route.authorization is not None:
+            if request.url.startswith("https"):
+                # Sent on the CONNECT only: the vendor never sees the proxy's credentials.
+                proxy_headers = {"Proxy-Authorization": route.authorization}
+            else:
+                headers = {**headers, "Proxy-Authorization": route.authorization}
+        try:
+            async with self._session.request(
+                request.method,
+                request.url,
+                data=request.body,
+                headers=headers,
+                allow_redirects=False,
+                proxy=route.shown,
+                proxy_headers=proxy_headers,
+            ) as resp:
+                if resp.status == 407:
+                    # An http:// vendor's request is answered by the proxy itself here.
+                    resp.close()
+                    raise VendorUnreachable(
+                        redact(f"proxy {route.shown} refused {self.vendor}: 407 {resp.reason}")
+                    )
+                body = await self._read_bounded(resp)
+                return VendorResponse(resp.status, resp.headers, body)
+        except TimeoutError as exc:
+            raise VendorTimeout(
+                redact(f"no answer from {self.vendor} through proxy {route.shown}")
+            ) from exc
+        except aiohttp.ClientHttpProxyError as exc:
+            raise VendorUnreachable(
+                redact(
+                    f"proxy {route.shown} refused the tunnel to {self.vendor}:"
+                    f" {exc.status} {exc.message}"
+                )
+            ) from exc
+        except aiohttp.ClientProxyConnectionError as exc:
+            raise VendorUnreachable(
+                redact(f"cannot reach proxy {route.shown}: {exc.os_error.strerror or exc}")
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise VendorUnreachable(
+                redact(f"{type(exc).__name__} through proxy {route.shown}: {exc}")
+            ) from exc
 
     async def aclose(self) -> None:
         """Close the vendor's session and its pooled connections."""

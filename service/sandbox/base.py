@@ -24,10 +24,15 @@ class Faults:
     latency_jitter_s: float = 0.0  # plus a uniform random extra in [0, latency_jitter_s]
     throttle_rate: float = 0.0  # share of requests answered 429 with Retry-After
     retry_after_s: int | None = None  # when set: every request is answered 429 + Retry-After
+    # When set: every request is answered 429 with this Retry-After verbatim (an HTTP date, say).
+    retry_after: str | None = None
     rate_limit_per_s: float | None = None  # above this rate (1 s window): 429
     reject_next: int = 0  # the next N valid requests get the protocol's documented rejection
     # At most this many requests served at once (each taking latency_s); the rest queue.
     max_concurrent: int | None = None
+    # Requests whose body contains these bytes are answered error_status (one poisoned event
+    # failing while every other goes through).
+    fail_matching: bytes | None = None
 
 
 @dataclass
@@ -210,6 +215,10 @@ class Sandbox:
         delay_s = faults.latency_s + faults.latency_jitter_s * self.rng()
         if delay_s > 0:
             await asyncio.sleep(delay_s)
+        if faults.retry_after is not None:
+            return self._answer(
+                web.Response(status=429, headers={"Retry-After": faults.retry_after}), now_s
+            )
         if faults.retry_after_s is not None or (
             faults.throttle_rate > 0 and self.rng() < faults.throttle_rate
         ):
@@ -220,6 +229,8 @@ class Sandbox:
         if self._over_rate(now_s):
             return self._answer(web.Response(status=429, headers={"Retry-After": "1"}), now_s)
         if faults.error_rate > 0 and self.rng() < faults.error_rate:
+            return self._answer(web.Response(status=faults.error_status), now_s)
+        if faults.fail_matching is not None and faults.fail_matching in body:
             return self._answer(web.Response(status=faults.error_status), now_s)
         verdict = self.contract.check(request, body)
         received = Received(

@@ -16,11 +16,13 @@ from service.core.exchange import (
     VendorRequest,
     VendorResponse,
 )
+from service.core.proxy import VendorProxySetting
 from service.core.ratelimit import RateLimitConfig
 from service.core.retry import RetryConfig
 from service.events import ConversionEvent
 
 __all__ = [
+    "PROXY_TRANSPORTS",
     "Adapter",
     "Outcome",
     "OutcomeKind",
@@ -35,6 +37,9 @@ __all__ = [
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 # The outgoing HTTP clients the relay can deliver with (service/delivery/transport.py).
 TransportName = Literal["h1", "pyreqwest", "aiohttp"]
+# The transports that can send through an egress proxy (`http.proxy`, a vendor's `proxy`); a
+# proxied vendor on another one is a config error, never a silent direct connection.
+PROXY_TRANSPORTS: frozenset[TransportName] = frozenset({"h1", "pyreqwest", "aiohttp"})
 
 
 class VendorBase(
@@ -52,6 +57,9 @@ class VendorBase(
     connect_timeout_s: PositiveFloat = 5.0
     # This vendor's HTTP client; null = `http.transport` (the whole relay's choice).
     transport: TransportName | None = None
+    # This vendor's egress proxy: `direct`, `env` or a proxy of its own (url, username,
+    # password, no_proxy); null = `http.proxy` (the whole relay's choice).
+    proxy: VendorProxySetting = None
     # Requests in flight at once (the ceiling with adaptive_concurrency); also the pool size.
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
     # Adaptive (AIMD) concurrency between 1 and `concurrency`; off = always `concurrency`.

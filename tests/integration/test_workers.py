@@ -118,3 +118,35 @@ async def test_killing_a_relay_process_takes_its_workers_with_it(
     assert len(running()) == 3  # the supervisor and its two workers
     relay.kill()
     await wait_for(lambda: not running(), 10, "every relay process gone")
+
+
+async def test_a_stopped_worker_fails_the_supervisors_livez_until_it_answers_again(
+    broker, topics, sandbox_factory, relay_process
+):
+    """A SIGSTOPped worker still has a pid but answers nothing: the supervisor's /livez is 503
+    naming it (it was 200: only dead pids counted), and 200 again once it continues."""
+    import os
+
+    si = await sandbox_factory()
+    config = relay_config(broker, topics, {"sustain_impact": goal_reach_vendor(si)})
+    relay = relay_process(config, extra_args=["--workers", "2"])
+    relay.start()
+    await relay.wait_ready(timeout_s=60)
+    url = f"http://127.0.0.1:{relay.http_port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/status") as resp:
+            workers = (await resp.json())["workers"]
+        stopped = workers[1]
+        os.kill(stopped["pid"], signal.SIGSTOP)
+        try:
+            async with session.get(f"{url}/livez") as resp:
+                assert resp.status == 503
+                body = await resp.json()
+            assert body["unresponsive_workers"] == [stopped["index"]]
+            assert body["live"] is False
+        finally:
+            os.kill(stopped["pid"], signal.SIGCONT)
+        async with session.get(f"{url}/livez") as resp:
+            assert resp.status == 200, await resp.text()
+    relay.signal(signal.SIGTERM)
+    assert await relay.wait_exit(60) == 0, relay.logs()

@@ -59,6 +59,24 @@ LITERAL_SECRETS = {
         }
     },
     "literal redis password": {"config": {"redis": {"url": "redis://:hunter2@redis:6379/0"}}},
+    "literal proxy password": {
+        "config": {"http": {"proxy": {"url": "http://p:3128", "username": "u", "password": "pw"}}}
+    },
+    "literal password in the proxy url": {
+        "config": {"http": {"proxy": {"url": "http://relay:hunter2@p:3128"}}}
+    },
+    "literal vendor proxy password": {
+        "config": {
+            "vendors": {
+                "es": {
+                    "protocol": "expertsender",
+                    "base_url": "https://x",
+                    "api_key": "${K}",
+                    "proxy": {"url": "http://p:3128", "username": "u", "password": "pw"},
+                }
+            }
+        }
+    },
 }
 
 
@@ -76,6 +94,14 @@ def test_schema_accepts_secrets_by_reference(chart: helm_python.Chart) -> None:
         "config": {
             "kafka": {"sasl_password": "${KAFKA_SASL_PASSWORD}"},
             "redis": {"url": "redis://relay:${REDIS_PASSWORD}@redis:6379/0"},
+            "http": {
+                "proxy": {
+                    "url": "http://p.proxy.svc:3128",
+                    "username": "relay",
+                    "password": "${PROXY_PASSWORD}",
+                    "no_proxy": [".svc", "10.0.0.0/8"],
+                }
+            },
             "vendors": {
                 "h": {
                     "protocol": "webhook",
@@ -86,6 +112,12 @@ def test_schema_accepts_secrets_by_reference(chart: helm_python.Chart) -> None:
                     },
                 },
                 "es": {"protocol": "expertsender", "base_url": "https://x", "api_key": "${K}"},
+                "direct": {"protocol": "goal_reach", "base_url": "https://x", "proxy": "direct"},
+                "own": {
+                    "protocol": "goal_reach",
+                    "base_url": "https://x",
+                    "proxy": {"url": "https://relay:${OWN_PROXY_PASSWORD}@p.example:8443"},
+                },
             },
         }
     }
@@ -113,6 +145,34 @@ def test_default_vendor_egress_excludes_private_link_local_and_shared_space(
             "169.254.0.0/16",
             "100.64.0.0/10",
         } <= set(block["except"])
+
+
+def test_behind_an_egress_proxy_the_vendor_egress_can_be_only_the_proxy(
+    chart: helm_python.Chart,
+) -> None:
+    """vendors.cidrs [] with the proxy as the peer: the only vendor egress is the proxy's port."""
+    proxy_peer = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "proxy"}},
+        "podSelector": {"matchLabels": {"app": "egress-proxy"}},
+    }
+    values = _merge(
+        scenario_values("minimal"),
+        {
+            "config": {"http": {"proxy": {"url": "http://egress-proxy.proxy.svc:3128"}}},
+            "networkPolicy": {
+                "enabled": True,
+                "vendors": {"cidrs": [], "peers": [proxy_peer], "ports": [3128]},
+            },
+        },
+    )
+    policy = render(chart, values).one("NetworkPolicy")
+    to_proxy = [rule for rule in policy["spec"]["egress"] if proxy_peer in rule.get("to", [])]
+    assert to_proxy == [{"to": [proxy_peer], "ports": [{"port": 3128, "protocol": "TCP"}]}]
+    assert not any(
+        peer.get("ipBlock", {}).get("cidr") == "0.0.0.0/0"
+        for rule in policy["spec"]["egress"]
+        for peer in rule.get("to", [])
+    )
 
 
 def test_empty_metrics_from_admits_no_source(chart: helm_python.Chart) -> None:

@@ -21,6 +21,10 @@ WRONG_VALUES = {
         "config": {"vendors": {"x": {"protocol": "smtp", "base_url": "https://x.example"}}}
     },
     "secret key that is not an env name": {"secret": {"data": {"my-key": "v"}}},
+    "relay-wide proxy direct (a vendor's word)": {"config": {"http": {"proxy": "direct"}}},
+    "socks proxy url": {"config": {"http": {"proxy": {"url": "socks5://p:1080"}}}},
+    "proxy url with a path": {"config": {"http": {"proxy": {"url": "http://p:3128/x"}}}},
+    "unknown proxy key": {"config": {"http": {"proxy": {"url": "http://p:1", "user": "u"}}}},
 }
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gzip
 import re
 import socket
 import ssl
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -16,17 +18,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from service.app import Relay
+from service.config import parse_config
 from service.core.exchange import VendorRequest
+from service.core.proxy import ProxyConfig, ProxyPolicy, proxy_policy
 from service.delivery import h1 as h1_module
 from service.delivery.h1 import MAX_HEADER_COUNT, H1Transport, tls_context
 from service.errors import VendorTimeout, VendorUnreachable
 from service.net import free_port
+from tests import wire_server as wire
+from tests.proxy_server import ProxyServer
+from tests.wire_server import Reply as WireReply
+from tests.wire_server import wire_server
 
 LIMIT = 1024  # the body limit every test transport uses
 
@@ -705,41 +715,40 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused(
     assert len(server.requests) == 2
 
 
-async def test_a_reused_connection_closed_before_any_answer_byte_is_retried_once(
+async def test_a_post_the_server_read_is_never_sent_again_when_it_closes_without_answering(
     raw_server: RawFactory, h1: H1Transport
 ) -> None:
-    """The idle-close race (the server closes as we write): sent again on a fresh connection."""
+    """Written on a reused connection, read, then a close: unreachable, sent once, not twice."""
     server = await raw_server(lambda conn, req: Reply(OK) if req == 0 else Reply(close=True))
+    resends: list[int] = []
+    h1.on_resend = lambda: resends.append(1)
     assert (await h1.send(post(server.url, b"1"))).body == b"ok"
-    assert (await h1.send(post(server.url, b"2"))).body == b"ok"
-    assert server.connections == 2
-    assert [r.rpartition(b"\r\n\r\n")[2] for r in server.requests] == [b"1", b"2", b"2"]
-
-
-async def test_the_retry_goes_out_on_a_fresh_connection_not_another_idle_one(
-    raw_server: RawFactory, h1: H1Transport
-) -> None:
-    """Idle connections closed together (a server's idle sweep): the retry connects anew."""
-    server = await raw_server(lambda conn, req: Reply(OK) if req == 0 else Reply(close=True))
-    await asyncio.gather(h1.send(post(server.url)), h1.send(post(server.url)))
-    assert server.connections == 2  # both now idle, both answer nothing more
-    assert (await h1.send(post(server.url))).body == b"ok"
-    assert server.connections == 3
-    assert len(server.requests) == 4  # 2, then the stale attempt and its one retry
-
-
-async def test_a_reused_connection_closed_late_without_an_answer_is_not_retried(
-    raw_server: RawFactory, h1: H1Transport, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A silent close long after the write is no idle race: the server may have acted on it."""
-    monkeypatch.setattr(h1_module, "STALE_WINDOW_S", 0.05)
-    server = await raw_server(
-        lambda conn, req: Reply(OK) if req == 0 else Reply(close=True, delay_s=0.1)
-    )
-    await h1.send(post(server.url))
     with pytest.raises(VendorUnreachable, match="closed before the answer was complete"):
-        await h1.send(post(server.url))
-    assert (server.connections, len(server.requests)) == (1, 2)
+        await h1.send(post(server.url, b"2"))
+    assert [r.rpartition(b"\r\n\r\n")[2] for r in server.requests] == [b"1", b"2"]
+    assert resends == []
+
+
+async def test_a_request_not_yet_written_when_its_idle_connection_closes_goes_out_fresh(
+    h1: H1Transport,
+) -> None:
+    """The idle-close race lost before the write: sent once on a fresh connection, counted."""
+    resends: list[int] = []
+    h1.on_resend = lambda: resends.append(1)
+    with wire_server(lambda conn, req: WireReply(OK)) as server:
+        await asyncio.gather(h1.send(post(server.url, b"0")), h1.send(post(server.url, b"0")))
+        assert server.connections == 2  # both now idle in the pool
+        server.close_connections()
+        # Blocking on purpose: the FINs reach this host while the loop cannot read them.
+        time.sleep(0.2)  # noqa: ASYNC251
+        if not isinstance(asyncio.get_running_loop(), uvloop.Loop):
+            # asyncio runs the write (queued first) before reading the FINs of the next poll;
+            # one turn here puts the reads between taking the connection and writing to it.
+            await asyncio.sleep(0)
+        assert (await h1.send(post(server.url, b"1"))).body == b"ok"
+    assert server.bodies().count(b"1") == 1
+    assert server.connections == 3  # the retry connected anew, not to the other dead idle one
+    assert resends == [1]
 
 
 async def test_a_connection_idle_too_long_is_closed_instead_of_reused(
@@ -755,19 +764,6 @@ async def test_a_connection_idle_too_long_is_closed_instead_of_reused(
     await h1.send(post(server.url))
     assert server.connections == 2
     await asyncio.wait_for(server.closed_by_peer.wait(), 2)  # and the old one was closed
-
-
-async def test_the_retry_happens_once_and_never_on_a_fresh_connection(
-    raw_server: RawFactory, h1: H1Transport
-) -> None:
-    """If the fresh connection also closes without a word, the send fails: 1 retry, no more."""
-    server = await raw_server(lambda conn, req: Reply(OK) if conn == 0 else Reply(close=True))
-    await h1.send(post(server.url))
-    server.script = lambda conn, req: Reply(close=True)
-    with pytest.raises(VendorUnreachable, match="closed before the answer was complete"):
-        await h1.send(post(server.url))
-    assert server.connections == 2  # the reused one, then one fresh one
-    assert len(server.requests) == 3
 
 
 async def test_a_fresh_connection_closed_without_an_answer_is_not_retried(
@@ -1009,3 +1005,372 @@ async def test_distinct_request_urls_do_not_grow_the_transports_caches_without_b
         )
     finally:
         await one.aclose()
+
+
+# -- issue 22: the wire a well-kept client speaks ---------------------------------------------
+
+
+def resolver(table: dict[str, list[tuple[str, int]]]) -> h1_module.Resolver:
+    """A resolver answering from `table` (host → addresses in order), read at each call."""
+
+    async def resolve(host: str, port: int) -> list[h1_module.AddrInfo]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", addr) for addr in table[host]]
+
+    return resolve
+
+
+def gzipped(data: bytes) -> bytes:
+    """`data` gzip-compressed."""
+    return gzip.compress(data)
+
+
+async def test_a_silently_dropped_first_address_falls_back_to_the_next_at_once(
+    raw_server: RawFactory, full_backlog: int
+) -> None:
+    """Happy eyeballs: a first address whose SYN is dropped costs the 0.25 s delay, not the
+    whole connect timeout."""
+    server = await raw_server(always(OK))
+    table = {"vendor.test": [("127.0.0.1", full_backlog), ("127.0.0.1", server.port)]}
+    client = transport(connect_timeout_s=5.0, timeout_s=10.0, resolve=resolver(table))
+    started = time.monotonic()
+    try:
+        assert (await client.send(post(f"http://vendor.test:{server.port}/goal"))).body == b"ok"
+    finally:
+        await client.aclose()
+    assert time.monotonic() - started < 2.5  # half the connect timeout; the delay is 0.25 s
+
+
+async def test_a_dns_change_reaches_the_next_new_connection(
+    raw_server: RawFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once its connection closed and the addresses' time is up, the host is resolved again."""
+    monkeypatch.setattr(h1_module, "DNS_TTL_S", 0.0)
+    close = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n"
+    old = await raw_server(always(close + b"A"))
+    new = await raw_server(always(close + b"B"))
+    table = {"vendor.test": [("127.0.0.1", old.port)]}
+    client = transport(resolve=resolver(table))
+    try:
+        assert (await client.send(post("http://vendor.test/goal"))).body == b"A"
+        table["vendor.test"] = [("127.0.0.1", new.port)]
+        assert (await client.send(post("http://vendor.test/goal"))).body == b"B"
+    finally:
+        await client.aclose()
+
+
+async def test_gzip_and_deflate_are_offered_and_a_gzipped_answer_is_decoded(
+    raw_server: RawFactory, h1: H1Transport
+) -> None:
+    """An Altcraft `{"error":0}` sent gzipped arrives as its JSON."""
+    body = gzipped(b'{"error":0}')
+    server = await raw_server(
+        always(
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+    )
+    answer = await h1.send(post(server.url))
+    assert answer.body == b'{"error":0}'
+    assert b"\r\nAccept-Encoding: gzip, deflate\r\n" in server.requests[0]
+
+
+@pytest.mark.parametrize("wbits", [zlib.MAX_WBITS, -zlib.MAX_WBITS], ids=["zlib", "raw"])
+async def test_a_deflate_answer_is_decoded_zlib_wrapped_or_raw(
+    raw_server: RawFactory, h1: H1Transport, wbits: int
+) -> None:
+    """`deflate` is zlib-wrapped by the RFC and raw from some servers: both are read."""
+    packer = zlib.compressobj(wbits=wbits)
+    body = packer.compress(b"accepted") + packer.flush()
+    server = await raw_server(
+        always(
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: deflate\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + f"{len(body):x}\r\n".encode()
+            + body
+            + b"\r\n0\r\n\r\n"
+        )
+    )
+    assert (await h1.send(post(server.url))).body == b"accepted"
+
+
+async def test_a_gzip_bomb_is_refused_at_the_decoded_limit(
+    raw_server: RawFactory, h1: H1Transport
+) -> None:
+    """The body limit bounds the decoded size too: a small answer inflating past it fails."""
+    body = gzipped(b"0" * (LIMIT * 100))
+    assert len(body) < LIMIT
+    server = await raw_server(
+        always(
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+    )
+    with pytest.raises(VendorUnreachable, match=f"decoded is over the {LIMIT}-byte limit"):
+        await h1.send(post(server.url))
+
+
+async def test_transfer_encoding_gzip_is_read_until_close_and_decoded(
+    raw_server: RawFactory, h1: H1Transport
+) -> None:
+    """A gzip transfer coding without chunked: the body ends at the close (RFC 9112 §6.3)."""
+    server = await raw_server(
+        always(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n" + gzipped(b"ok"), close=True)
+    )
+    assert (await h1.send(post(server.url))).body == b"ok"
+
+
+async def test_an_idn_host_is_sent_as_punycode(raw_server: RawFactory) -> None:
+    """bücher.test is resolved, and named in Host, as its A-label xn--bcher-kva.test."""
+    server = await raw_server(always(OK))
+    table = {"xn--bcher-kva.test": [("127.0.0.1", server.port)]}
+    client = transport(resolve=resolver(table))
+    try:
+        await client.send(post(f"http://bücher.test:{server.port}/goal"))
+    finally:
+        await client.aclose()
+    assert f"\r\nHost: xn--bcher-kva.test:{server.port}\r\n".encode() in server.requests[0]
+
+
+async def test_the_request_target_percent_encodes_what_rfc_3986_does_not_allow(
+    raw_server: RawFactory, h1: H1Transport
+) -> None:
+    """`"<>{}|\\^` backtick and space are percent-encoded (as yarl does); escapes are kept."""
+    server = await raw_server(always(OK))
+    await h1.send(post(server.url + '/a"<>{}|\\^`?q=%41&id=[1]'))
+    await h1.send(post(server.url + "/a b?q=x y"))
+    lines = [request.partition(b"\r\n")[0] for request in server.requests]
+    assert lines == [
+        b"POST /a%22%3C%3E%7B%7D%7C%5C%5E%60?q=%41&id=[1] HTTP/1.1",
+        b"POST /a%20b?q=x%20y HTTP/1.1",
+    ]
+
+
+@pytest.mark.parametrize("bad", ["\r\nX-Injected: 1", "\n", "\x00", "\t"], ids=repr)
+async def test_a_control_character_in_the_url_is_refused_on_every_request(
+    raw_server: RawFactory, h1: H1Transport, bad: str
+) -> None:
+    """First request to the origin or a later one: refused the same way, nothing sent."""
+    server = await raw_server(always(OK))
+    for _ in range(2):
+        with pytest.raises(VendorUnreachable, match="control character"):
+            await h1.send(post(f"{server.url}/goal?id=1{bad}"))
+    await h1.send(post(f"{server.url}/goal?id=1"))
+    for _ in range(2):
+        with pytest.raises(VendorUnreachable, match="control character"):
+            await h1.send(post(f"{server.url}/goal?id=1{bad}"))
+    assert len(server.requests) == 1
+
+
+async def test_an_obs_folded_header_is_unfolded(raw_server: RawFactory, h1: H1Transport) -> None:
+    """RFC 9112 §5.2: a user agent replaces an obs-fold with a space; the answer is read."""
+    server = await raw_server(
+        always(
+            b"HTTP/1.1 429 Busy\r\nRetry-After:\r\n 7\r\nX-A: one\r\n\ttwo\r\n"
+            + b"Content-Length: 0\r\n\r\n"
+        )
+    )
+    answer = await h1.send(post(server.url))
+    assert answer.status == 429
+    assert answer.headers["retry-after"].strip() == "7"
+    assert answer.headers["x-a"].split() == ["one", "two"]
+
+
+async def test_a_101_is_the_answer_and_its_connection_is_closed(
+    raw_server: RawFactory, h1: H1Transport
+) -> None:
+    """A vendor switching protocols on a POST: status 101 for the sender to classify (an
+    unexpected status), the connection never reused."""
+    server = await raw_server(
+        always(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
+    )
+    assert (await h1.send(post(server.url))).status == 101
+    assert (await h1.send(post(server.url))).status == 101
+    assert server.connections == 2
+
+
+async def test_100_and_103_are_skipped_for_the_final_answer(
+    raw_server: RawFactory, h1: H1Transport
+) -> None:
+    """Informational answers before the final one are read past; the connection is kept."""
+    server = await raw_server(
+        always(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK)
+    )
+    assert (await h1.send(post(server.url))).body == b"ok"
+    assert (await h1.send(post(server.url))).body == b"ok"
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize("status", [204, 304])
+async def test_204_and_304_have_no_body_whatever_their_length_says(
+    raw_server: RawFactory, h1: H1Transport, status: int
+) -> None:
+    """No body follows a 204 or 304: the next answer on the connection is read whole."""
+    head = f"HTTP/1.1 {status} X\r\nContent-Length: 5\r\n\r\n".encode()
+    server = await raw_server(lambda conn, req: Reply(head) if req == 0 else Reply(OK))
+    answer = await h1.send(post(server.url))
+    assert (answer.status, answer.body) == (status, b"")
+    assert (await h1.send(post(server.url))).body == b"ok"
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: 2\r\nContent-Length: 2\r\n",
+        b"Content-Length: 2\r\nContent-Length: 3\r\n",
+        b"Content-Length: 2, 2\r\n",
+        b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n",
+    ],
+    ids=["duplicate", "conflicting", "list", "te-and-cl"],
+)
+async def test_ambiguous_framing_is_refused(
+    raw_server: RawFactory, h1: H1Transport, framing: bytes
+) -> None:
+    """Two lengths, or a length beside chunked (a smuggling shape): refused, never guessed."""
+    server = await raw_server(
+        always(b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n2\r\nok\r\n0\r\n\r\n")
+    )
+    with pytest.raises(VendorUnreachable, match="malformed HTTP answer"):
+        await h1.send(post(server.url))
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> wire.Pki:
+    """A private CA and the server certificates of the TLS cases."""
+    return wire.make_pki(tmp_path)
+
+
+def tls_transport(pki: wire.Pki, **overrides: Any) -> H1Transport:
+    """A transport trusting the private CA."""
+    return transport(ssl_context=tls_context(str(pki.ca_path)), **overrides)
+
+
+@pytest.mark.parametrize("close_notify", [True, False], ids=["close_notify", "bare-close"])
+async def test_a_tls_close_delimited_body_is_whole_only_with_close_notify(
+    pki: wire.Pki, close_notify: bool
+) -> None:
+    """A TCP close without TLS close_notify may be a truncation: refused, not a whole body."""
+    reply = WireReply(b"HTTP/1.1 200 OK\r\n\r\nhello", close=True, close_notify=close_notify)
+    client = tls_transport(pki)
+    try:
+        with wire_server(lambda conn, req: reply, tls=pki.good) as server:
+            if close_notify:
+                assert (await client.send(post(server.url))).body == b"hello"
+            else:
+                with pytest.raises(VendorUnreachable, match="without close_notify"):
+                    await client.send(post(server.url))
+    finally:
+        await client.aclose()
+
+
+async def test_tls_offers_alpn_http_1_1_and_new_connections_resume_the_session(
+    pki: wire.Pki,
+) -> None:
+    """ALPN names http/1.1; each new connection after the first resumes the TLS session."""
+    close = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+    client = tls_transport(pki)
+    try:
+        with wire_server(lambda conn, req: WireReply(close), tls=pki.good) as server:
+            for _ in range(10):
+                assert (await client.send(post(server.url))).body == b"ok"
+    finally:
+        await client.aclose()
+    assert server.alpn == ["http/1.1"] * 10
+    assert server.tls_resumed == [False] + [True] * 9
+
+
+def proxy_to(url: str, **config: Any) -> ProxyPolicy:
+    """The egress proxy policy of `http.proxy: {url: ...}`."""
+    policy = proxy_policy(ProxyConfig(url=url, **config), {})
+    assert policy is not None
+    return policy
+
+
+async def test_an_https_vendor_is_reached_only_through_the_proxys_connect_tunnel(
+    pki: wire.Pki,
+) -> None:
+    """CONNECT vendor.test:port, then TLS to the vendor (its name verified) inside the tunnel."""
+    with wire_server(lambda conn, req: WireReply(OK), tls=pki.good) as vendor:
+        hosts = {"vendor.test": ("127.0.0.1", vendor.port)}
+        async with ProxyServer(hosts=hosts, require_authorization="Basic dTpw") as proxy:
+            client = tls_transport(pki, proxy=proxy_to(proxy.url, username="u", password="p"))
+            try:
+                for _ in range(3):
+                    answer = await client.send(post(f"https://vendor.test:{vendor.port}/goal"))
+                    assert answer.body == b"ok"
+            finally:
+                await client.aclose()
+    assert proxy.tunnels == [f"vendor.test:{vendor.port}"]  # one tunnel, kept alive
+    assert b"\r\nHost: vendor.test:" in vendor.requests[0]
+    assert vendor.requests[0].startswith(b"POST /goal HTTP/1.1\r\n")
+
+
+async def test_a_plain_http_vendor_goes_through_the_proxy_in_absolute_form(
+    raw_server: RawFactory,
+) -> None:
+    """An http:// vendor: absolute-form target to the proxy, Proxy-Authorization sent."""
+    vendor = await raw_server(always(OK))
+    hosts = {"vendor.test": ("127.0.0.1", vendor.port)}
+    async with ProxyServer(hosts=hosts, require_authorization="Basic dTpw") as proxy:
+        client = transport(proxy=proxy_to(proxy.url, username="u", password="p"))
+        try:
+            answer = await client.send(post(f"http://vendor.test:{vendor.port}/goal?id=1"))
+        finally:
+            await client.aclose()
+    assert answer.body == b"ok"
+    assert proxy.forwarded == [f"http://vendor.test:{vendor.port}/goal?id=1"]
+
+
+@pytest.mark.parametrize("scheme", ["https", "http"])
+async def test_a_proxy_refusing_the_credentials_is_unreachable_naming_the_proxy(
+    pki: wire.Pki, scheme: str
+) -> None:
+    """407 from the proxy (tunnel or forward): VendorUnreachable naming it, no secret shown."""
+    async with ProxyServer(hosts={}, require_authorization="Basic other") as proxy:
+        client = tls_transport(pki, proxy=proxy_to(proxy.url, username="u", password="s3cr3t-pw"))
+        try:
+            with pytest.raises(VendorUnreachable, match="407") as caught:
+                await client.send(post(f"{scheme}://vendor.test/goal"))
+        finally:
+            await client.aclose()
+    assert proxy.url in str(caught.value)
+    assert "s3cr3t" not in str(caught.value)
+    assert "dTpz" not in str(caught.value)
+
+
+async def test_an_https_proxy_is_reached_over_tls_and_tunnels_tls_to_the_vendor(
+    pki: wire.Pki,
+) -> None:
+    """TLS to the proxy (verified), then the vendor's own TLS inside the tunnel."""
+    with wire_server(lambda conn, req: WireReply(OK), tls=pki.good) as vendor:
+        hosts = {"vendor.test": ("127.0.0.1", vendor.port)}
+        async with ProxyServer(hosts=hosts, ssl_context=pki.good) as proxy:
+            client = tls_transport(pki, proxy=proxy_to(proxy.url.replace("127.0.0.1", "localhost")))
+            try:
+                answer = await client.send(post(f"https://vendor.test:{vendor.port}/goal"))
+            finally:
+                await client.aclose()
+    assert answer.body == b"ok"
+    assert proxy.tunnels == [f"vendor.test:{vendor.port}"]
+
+
+def test_the_relay_counts_each_transport_resend_per_vendor() -> None:
+    """The app wires h1's re-send hook to conversion_relay_transport_resends_total{vendor}."""
+    config = parse_config(
+        {
+            "kafka": {"bootstrap_servers": ["127.0.0.1:9"], "topics": ["t"]},
+            "vendors": {"v": {"protocol": "webhook", "base_url": "http://127.0.0.1", "path": "/"}},
+        },
+        {},
+    )
+    relay = Relay(config)
+    made = relay._make_transport("v", config.vendors["v"])
+    assert isinstance(made, H1Transport) and made.on_resend is not None
+    made.on_resend()
+    count = relay.metrics.registry.get_sample_value(
+        "conversion_relay_transport_resends_total", {"vendor": "v"}
+    )
+    assert count == 1.0

@@ -19,6 +19,7 @@ from aiokafka import TopicPartition
 import service.delivery.pipeline as pipeline_module
 from service.config import PipelineConfig
 from service.core.exchange import Decision, DecisionKind, Outcome, OutcomeKind
+from service.core.progress import decode
 from service.core.records import Fetched
 from service.delivery.dlq import DeadLetter
 from service.delivery.pipeline import VendorPipeline
@@ -119,6 +120,10 @@ class FakeSender:
         self.blocked = False
         self.stuck: set[str] = set()
         self.rejects: set[str] = set()
+        self.fails: set[str] = set()  # answered "retry in retry_delay_s", charging an attempt
+        self.retry_delay_s = 0.2
+        self.tries = 0  # failed tries answered
+        self.first_tries: dict[str, float] = {}  # first_at_s each failing event was sent with
         self.hold: asyncio.Event | None = None
         self.sent: list[str] = []
         self.breaker_state = "closed"
@@ -135,6 +140,14 @@ class FakeSender:
             await self.hold.wait()
         if not current():
             return Decision(kind=DecisionKind.ABANDONED)
+        if any(s in event_id for s in self.fails):
+            attempts.count += 1
+            attempts.first_at_s = attempts.first_at_s or time.time()
+            token = next(s for s in self.fails if s in event_id)
+            self.first_tries.setdefault(token, attempts.first_at_s)
+            self.tries += 1
+            outcome = Outcome(kind=OutcomeKind.RETRY, reason="http_503", status=503)
+            return Decision(kind=DecisionKind.RETRY, outcome=outcome, delay_s=self.retry_delay_s)
         if any(s in event_id for s in self.rejects):
             outcome = Outcome(kind=OutcomeKind.REJECT, reason="http_400", status=400)
             return Decision(kind=DecisionKind.DEAD_LETTER, outcome=outcome, dlq_reason="rejected")
@@ -174,7 +187,9 @@ def vendor_config(**extra: Any) -> Any:
 class Harness:
     """A pipeline over fakes, run in the background."""
 
-    def __init__(self, logs, settings: dict[str, Any] | None = None, dlq=None, vendor=None):
+    def __init__(
+        self, logs, settings: dict[str, Any] | None = None, dlq=None, vendor=None, progress=None
+    ):
         self.consumer = FakeConsumer(logs)
         config = vendor or vendor_config()
         self.sender = FakeSender(make_adapter("sustain_impact", config))
@@ -189,6 +204,7 @@ class Harness:
             [TOPIC],
             PipelineConfig(**{"shutdown_grace_s": 1.0, **(settings or {})}),
             self.metrics,
+            progress=progress,
         )
         self.task: asyncio.Task[None] | None = None
 
@@ -400,3 +416,89 @@ async def test_a_lag_or_commit_task_that_dies_is_counted_and_restarted():
         await until(lambda: h.pipeline.lag() == 0 and P0 in h.pipeline._lag)
     assert h.sample("conversion_relay_task_failures_total", task="lag") == 1
     assert h.sample("conversion_relay_task_failures_total", task="commit") == 1
+
+
+class FakeProgressStore:
+    """A group's commits and progress texts, kept across pipelines (as Kafka keeps them)."""
+
+    max_chars = 4000
+
+    def __init__(self) -> None:
+        self.saved: dict[TopicPartition, tuple[int, str]] = {}
+
+    async def save(self, entries: dict[TopicPartition, tuple[int, str]]) -> None:
+        self.saved.update(entries)
+
+    async def load(self, partitions):
+        found = {}
+        for tp in partitions:
+            if tp in self.saved:
+                offset, text = self.saved[tp]
+                found[tp] = (offset, decode(text))
+        return found
+
+
+async def test_offsets_finished_behind_a_retrying_head_are_kept_and_skipped_by_the_next_owner():
+    """One record retrying at the head: the 20 delivered after it are committed as progress
+    above the point, and the next owner of the partition sends only the head, with the head's
+    first-attempt time carried over."""
+    logs = {P0: [record(P0, i, event(f"r{i}.")) for i in range(21)]}
+    store = FakeProgressStore()
+    async with Harness(logs, progress=store) as first:
+        first.sender.fails.add("r0.")
+        await until(lambda: len(first.sender.sent) == 20)
+        await until(lambda: store.saved.get(P0, (0, ""))[1] != "" and not first.pipeline.sending)
+    offset, text = store.saved[P0]
+    kept = decode(text)
+    assert offset == 0 and kept is not None
+    assert kept.done == tuple(range(1, 21))
+    [clock] = kept.attempts
+    assert clock.offset == 0 and clock.count >= 1
+    first_try = first.sender.first_tries["r0."]
+    assert clock.first_at_s == int(first_try)
+
+    async with Harness(logs, progress=store) as second:
+        second.sender.fails.add("r0.")
+        await until(lambda: "r0." in second.sender.first_tries)
+        second.sender.fails.clear()
+        await until(lambda: store.saved[P0][0] == 21)
+    assert second.sender.sent == [str({"id": "r0."})]
+    assert second.sender.first_tries["r0."] == float(int(first_try))
+
+
+async def test_a_stop_does_not_wait_for_a_record_waiting_to_be_retried():
+    """With only a retrying record left (waiting on its timer, nothing on the wire), the drain
+    ends at once instead of waiting out shutdown_grace_s; its clock is committed."""
+    logs = {P0: [record(P0, i, event(f"r{i}.")) for i in range(3)]}
+    store = FakeProgressStore()
+    async with Harness(logs, {"shutdown_grace_s": 10.0}, progress=store) as h:
+        h.sender.fails.add("r1.")
+        await until(lambda: len(h.sender.sent) == 2 and "r1." in h.sender.first_tries)
+        started = time.monotonic()
+    assert time.monotonic() - started < 2.0
+    kept = decode(store.saved[P0][1])
+    assert store.saved[P0][0] == 1 and kept is not None
+    assert kept.done == (2,) and [a.offset for a in kept.attempts] == [1]
+
+
+async def test_a_retried_record_leaves_no_reference_cycle_for_the_collector():
+    """1,000 retries of one record (each waiting on a timer) leave no garbage cycle, such as a
+    timer's callback holding its own handle, that would keep the record alive until the
+    collector runs."""
+    import gc
+
+    logs = {P0: [record(P0, 0, event("r0."))]}
+    async with Harness(logs) as h:
+        h.sender.retry_delay_s = 0.0
+        h.sender.fails.add("r0.")
+        await until(lambda: h.sender.tries >= 10)
+        gc.collect()
+        gc.disable()
+        try:
+            start = h.sender.tries
+            await until(lambda: h.sender.tries >= start + 1_000, timeout_s=30)
+            found = gc.collect()
+        finally:
+            gc.enable()
+        h.sender.fails.clear()
+    assert found < 100, f"{found} objects in reference cycles after 1,000 retries"

@@ -17,11 +17,13 @@ from service import vendors  # noqa: F401  isort: skip
 from service.core.retry import (
     StatusActions,
     StatusTable,
+    ThrottleBackoff,
     backoff_s,
     classify_status,
     default_action,
     error_outcome,
     parse_retry_after,
+    pause_floor_s,
     retry_delay_s,
     should_retry,
 )
@@ -208,3 +210,76 @@ def test_retry_delay_never_overruns_the_budget(
     assert elapsed_s + delay <= config.max_elapsed_s
     assert delay <= max(config.max_backoff_s, retry_after_s or 0.0)
     assert delay >= min(retry_after_s or 0.0, config.max_retry_after_s)
+
+
+# ---- vendor-wide pauses: a floor, doubling while the vendor keeps throttling ---------------------
+
+
+def test_a_retry_after_of_zero_pauses_at_least_half_the_base_backoff() -> None:
+    """Retry-After: 0 is a pause of the jittered base backoff (½–1× initial_backoff_s), never 0."""
+    config = RetryConfig()
+    for draw in (0.0, 0.5, 0.999):
+        throttle = ThrottleBackoff(config, lambda d=draw: d)
+        pause_s = throttle.pause_s(0.0, sent_at_s=10.0, now_s=10.1)
+        assert config.initial_backoff_s / 2 <= pause_s <= config.initial_backoff_s
+
+
+def test_a_retry_after_date_in_the_past_is_the_floor() -> None:
+    """An HTTP-date Retry-After already past parses to 0 s, and pauses for the floor."""
+    past = parse_retry_after(format_datetime(NOW - timedelta(minutes=5), usegmt=True), NOW)
+    assert past == 0.0
+    throttle = ThrottleBackoff(RetryConfig(), lambda: 1.0)
+    assert throttle.pause_s(past, sent_at_s=0.0, now_s=0.0) == pytest.approx(0.2)
+
+
+def test_consecutive_throttles_double_the_floor_up_to_max_backoff() -> None:
+    """Each fresh throttle in a row doubles the floor's ceiling, capped at max_backoff_s."""
+    config = RetryConfig(initial_backoff_s=0.2, max_backoff_s=3.0)
+    throttle = ThrottleBackoff(config, lambda: 1.0)
+    now_s, pauses = 0.0, []
+    for _ in range(7):
+        pauses.append(throttle.pause_s(0.0, sent_at_s=now_s, now_s=now_s + 0.01))
+        now_s += pauses[-1] + 0.01  # the next request goes once the pause is over
+    assert pauses == pytest.approx([0.2, 0.4, 0.8, 1.6, 3.0, 3.0, 3.0])
+
+
+def test_a_longer_retry_after_wins_over_the_floor() -> None:
+    """The floor only lengthens a pause: Retry-After: 5 stays 5 s."""
+    throttle = ThrottleBackoff(RetryConfig(), lambda: 1.0)
+    assert throttle.pause_s(5.0, sent_at_s=0.0, now_s=0.0) == 5.0
+
+
+def test_answers_to_requests_sent_before_the_pause_do_not_escalate_it() -> None:
+    """A burst of 429s for requests already on the wire is one throttle: the floor stays."""
+    throttle = ThrottleBackoff(RetryConfig(), lambda: 1.0)
+    assert throttle.pause_s(0.0, sent_at_s=0.0, now_s=0.05) == pytest.approx(0.2)
+    for _ in range(20):
+        assert throttle.pause_s(0.0, sent_at_s=0.01, now_s=0.06) == 0.0  # covered already
+    assert throttle.throttles == 1
+    assert throttle.pause_s(0.0, sent_at_s=0.3, now_s=0.31) == pytest.approx(0.4)
+
+
+def test_a_delivered_answer_resets_the_floor() -> None:
+    """After a delivery the next throttle pauses for the base floor again; a delivery of a
+    request sent before the latest pause says nothing about now and resets nothing."""
+    throttle = ThrottleBackoff(RetryConfig(), lambda: 1.0)
+    for step in range(4):
+        throttle.pause_s(0.0, sent_at_s=float(step), now_s=step + 0.01)
+    throttle.delivered(sent_at_s=2.5)  # sent before the pause that started at 3.01
+    assert throttle.throttles == 4
+    throttle.delivered(sent_at_s=5.0)
+    assert throttle.throttles == 0
+    assert throttle.pause_s(0.0, sent_at_s=6.0, now_s=6.01) == pytest.approx(0.2)
+
+
+@given(
+    throttles=st.integers(min_value=1, max_value=10_000),
+    draw=st.floats(min_value=0.0, max_value=1.0, exclude_max=True),
+)
+def test_the_pause_floor_stays_between_half_and_all_of_its_ceiling(
+    throttles: int, draw: float
+) -> None:
+    """The floor is finite, positive, and within ½–1× min(max, initial·2^(n-1))."""
+    ceiling = min(30.0, 0.2 * 2.0 ** min(throttles - 1, 63))
+    floor_s = pause_floor_s(throttles, 0.2, 30.0, lambda: draw)
+    assert ceiling / 2 <= floor_s <= ceiling

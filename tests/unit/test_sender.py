@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any, ClassVar
 
 import msgspec
@@ -126,6 +128,47 @@ async def test_a_huge_retry_after_is_capped_and_never_dead_letters_the_record() 
     assert limiter.pause_left_s("v") == pytest.approx(60.0)
 
 
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_retry_after_of_zero_pauses_the_vendor_for_the_jittered_base_backoff(
+    status: int,
+) -> None:
+    """Retry-After: 0 pauses every request for ½–1× initial_backoff_s, not for nothing."""
+    clock = Clock()
+    sender, limiter = make_sender(FakeTransport([(status, {"Retry-After": "0"})]), clock)
+    decision = await sender.deliver(REQUEST, Attempts())
+    assert decision.kind is DecisionKind.RETRY
+    assert limiter.pause_left_s("v") == pytest.approx(0.2 * 0.75)  # rng 0.5: ¾ of the base
+    assert decision.delay_s is not None and decision.delay_s >= limiter.pause_left_s("v")
+
+
+async def test_a_retry_after_date_in_the_past_pauses_the_vendor_for_the_floor() -> None:
+    """An HTTP-date Retry-After already past is the floor too."""
+    clock = Clock()
+    past = format_datetime(datetime.fromtimestamp(clock.now_s - 60, UTC), usegmt=True)
+    sender, limiter = make_sender(FakeTransport([(429, {"Retry-After": past})]), clock)
+    await sender.deliver(REQUEST, Attempts())
+    assert limiter.pause_left_s("v") == pytest.approx(0.2 * 0.75)
+
+
+async def test_a_vendor_that_keeps_throttling_is_paused_twice_as_long_each_time() -> None:
+    """Throttle after throttle the pause doubles up to max_backoff_s; a delivered answer brings
+    it back to the base, and none of it spends the record's retry budget."""
+    clock = Clock()
+    zero: tuple[int, dict[str, str]] = (429, {"Retry-After": "0"})
+    transport = FakeTransport([zero] * 8 + [(200, {}), zero])
+    sender, limiter = make_sender(transport, clock, retry={"max_backoff_s": 2.0})
+    attempts, pauses = Attempts(), []
+    for _ in range(8):
+        decision = await sender.deliver(REQUEST, attempts)
+        assert decision.kind is DecisionKind.RETRY
+        pauses.append(limiter.pause_left_s("v"))
+        clock.now_s += decision.delay_s
+    assert pauses == pytest.approx([0.15, 0.3, 0.6, 1.2, 1.5, 1.5, 1.5, 1.5])
+    assert (await sender.deliver(REQUEST, Attempts())).kind is DecisionKind.DELIVERED
+    await sender.deliver(REQUEST, Attempts())
+    assert limiter.pause_left_s("v") == pytest.approx(0.15)
+
+
 async def test_vendor_wide_pauses_never_spend_the_records_retry_budget() -> None:
     """A record paused again and again by 503 + Retry-After for far longer than max_elapsed_s
     (and more often than max_attempts) is still retried, and then delivered."""
@@ -245,7 +288,7 @@ async def test_one_warning_per_retry_after_pause_start(caplog: pytest.LogCapture
     await sender.deliver(REQUEST, Attempts())  # the first 429 starts a pause
     throttled = Outcome(kind=OutcomeKind.RETRY, status=429, retry_after_s=5.0)
     for _ in range(10):  # nine more 429s of requests in flight meanwhile, inside that pause
-        await sender._pause.after(throttled)
+        await sender._pause.after(throttled, sent_at_s=clock.now_s - 0.01)
     clock.now_s += 6
     await sender.deliver(REQUEST, Attempts())  # after it ended: a new pause
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
@@ -369,3 +412,36 @@ def test_a_delivered_answers_headers_are_never_read() -> None:
     assert outcome is not None
     answer = VendorResponse(200, _UnreadHeaders(), b"")
     assert bound_retry_after(outcome, answer, 60.0) is outcome
+
+
+class FreshErrorTransport:
+    """Fails every request with a new transport error, as a real client does."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def send(self, request: VendorRequest) -> VendorResponse:
+        self.sent += 1
+        raise VendorTimeout("read timed out")
+
+
+async def test_a_failed_try_leaves_no_reference_cycle_for_the_collector() -> None:
+    """1,000 tries that fail in the transport leave no garbage cycle (frame <-> traceback) that
+    would keep the request alive until the collector runs, outside max_in_flight_bytes."""
+    import gc
+
+    clock = Clock()
+    transport = FreshErrorTransport()
+    sender, _ = make_sender(transport, clock)  # type: ignore[arg-type]
+    await sender.deliver(REQUEST, Attempts())  # warm: first-use caches are not per try
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(1_000):
+            decision = await sender.deliver(REQUEST, Attempts())
+            assert decision.kind is DecisionKind.RETRY
+        found = gc.collect()
+    finally:
+        gc.enable()
+    assert transport.sent == 1_001
+    assert found < 50, f"{found} objects in reference cycles after 1,000 failed tries"

@@ -139,3 +139,46 @@ def test_a_paused_pipeline_may_resume_only_once_records_and_bytes_are_both_low()
     big = {TP0: PartitionWindow(epoch=2)}
     big[TP0].dispatch(0, 600)  # one record, but over half the byte cap
     assert not flow.may_resume(big)
+
+
+def test_progress_above_the_commit_point_holds_what_finished_behind_an_unfinished_record():
+    """The window's progress is its commit point, the offsets finished above it and the retry
+    clock of each unfinished record that was tried; a finished record's clock goes."""
+    window = PartitionWindow(epoch=1)
+    for offset in range(5):
+        window.dispatch(offset, 10)
+    window.note_attempt(0, 1_796_000_000.7, 2, 0.4)
+    window.note_attempt(3, 1_796_000_001.0, 1, 0.0)
+    for offset in (1, 2, 3):
+        window.complete(offset)
+    kept = window.progress()
+    assert kept is not None
+    assert (kept.base, kept.done) == (0, (1, 2, 3))
+    assert [(a.offset, a.first_at_s, a.count, a.excused_s) for a in kept.attempts] == [
+        (0, 1_796_000_000, 2, 0)
+    ]
+    assert window.unsaved
+    window.saved = window.changes
+    assert not window.unsaved
+
+
+def test_a_restored_window_skips_what_was_finished_and_keeps_it_until_fetched():
+    """Restored progress: finished offsets are skipped when fetched (tracked as terminal), are
+    still in the progress until then, and a retried record's clock is handed back."""
+    from service.core.progress import Attempt, progress
+
+    window = PartitionWindow(epoch=2, loading=True)
+    window.restore(10, progress(10, [11, 12, 14], [Attempt(10, 5, 3, 1)]))
+    assert not window.loading and window.committed == 10
+    assert window.progress() == progress(10, [11, 12, 14], [Attempt(10, 5, 3, 1)])
+    assert window.dispatch(10, 1)
+    assert window.clock(10) == Attempt(10, 5, 3, 1)
+    assert window.skip_restored(11) and window.skip_restored(12)
+    assert not window.skip_restored(13) and window.dispatch(13, 1)
+    kept = window.progress()
+    assert kept is not None and (kept.base, kept.done) == (10, (11, 12, 14))
+    window.complete(10)
+    assert window.commit_point() == 13
+    assert window.skip_restored(14)
+    window.complete(13)
+    assert window.commit_point() == 15 and window.clock(10) is None
