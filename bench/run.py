@@ -38,6 +38,7 @@ from bench.sinks import (
     nginx_binary,
     total_stats,
 )
+from bench.tls_scenario import tls_scenario
 from bench.workload import VENDOR, expected_deliveries
 from service.config import KafkaConfig, PipelineConfig, parse_config
 from service.delivery.pipeline import POLL_TIMEOUT_MS
@@ -54,6 +55,7 @@ SCENARIOS = (
     "ratelimit",
     "workers",
     "adaptive",
+    "tls",
 )
 # The client ceilings: contender name → the HTTP library it posts with (bench/ceilings).
 CLIENTS = {
@@ -107,6 +109,7 @@ class Settings:
     # The workers scenario's own backlog: one worker delivers 50,000 in under 2 s, too short for
     # a second worker to join the group and take its partitions.
     workers_events: int = 200_000
+    tls_handshakes: int = 1000  # requests (each a new connection) per handshake run
     only: tuple[str, ...] = CONTENDERS
     only_given: bool = False  # --only named the contenders (NGINX_DEFAULT ones run anywhere)
     sink: str = "sandbox"
@@ -395,8 +398,12 @@ class Bench:
         row.note = f"failed: {proc.tail(500)!r}"
         return row
 
-    def client(self, events: int, library: str = "aiohttp") -> Callable[[Sink], Proc]:
-        """A plain HTTP client ceiling (aiohttp, pyreqwest, aiosonic, niquests, httpx)."""
+    def client(
+        self, events: int, library: str = "aiohttp", ca_bundle: str | None = None
+    ) -> Callable[[Sink], Proc]:
+        """A plain HTTP client ceiling (aiohttp, pyreqwest, h1, aiosonic, niquests, httpx);
+        `ca_bundle`: the CA it trusts for an HTTPS sink (aiohttp, pyreqwest, h1)."""
+        tls = ["--ca-bundle", ca_bundle] if ca_bundle else []
         return lambda sink: python_module(
             f"client-{library}",
             "bench.ceilings.http_client",
@@ -409,6 +416,7 @@ class Bench:
                 str(self.s.concurrency),
                 "--client",
                 library,
+                *tls,
             ],
             self.work / f"{self.name(f'client-{library}')}.log",
         )
@@ -455,9 +463,11 @@ class Bench:
         name: str,
         extra_args: list[str] | None = None,
         transport: str | None = None,
+        ca_bundle: str | None = None,
         **extra: Any,
     ) -> relay.RelayProcess:
-        """A relay subprocess over `topic` with these vendors (and transport, None: default)."""
+        """A relay subprocess over `topic` with these vendors (and transport, None: default;
+        `ca_bundle`: `http.ca_bundle`, for an HTTPS sink)."""
         config = relay.relay_config(
             self.broker.bootstrap,
             topic,
@@ -465,18 +475,26 @@ class Bench:
             relay.new_http_port(),
             self.name("relay"),
             transport,
+            ca_bundle,
             **extra,
         )
         return relay.RelayProcess(self.name(name), config, self.work, extra_args)
 
     def relay1(
-        self, topic: str, transport: str | None = None, **vendor_extra: Any
+        self,
+        topic: str,
+        transport: str | None = None,
+        ca_bundle: str | None = None,
+        **vendor_extra: Any,
     ) -> Callable[[Sink], Proc]:
-        """conversion-relay with one vendor pointed at the sink (transport None: its default)."""
+        """conversion-relay with one vendor pointed at the sink (transport None: its default;
+        `ca_bundle`: the CA it trusts for an HTTPS sink)."""
 
         def start(sink: Sink) -> Proc:
             vendors = relay.single_vendor(sink.base_url, self.s.concurrency, **vendor_extra)
-            return self.relay_proc(topic, vendors, "relay1", transport=transport).proc
+            return self.relay_proc(
+                topic, vendors, "relay1", transport=transport, ca_bundle=ca_bundle
+            ).proc
 
         return start
 
@@ -1089,6 +1107,11 @@ async def run_scenario(
             await bench.workers(shared[0], lines)
     elif scenario == "adaptive":  # quick runs have max_s of a few seconds
         bench.report.add(await adaptive_section(quick=settings.max_s < 10))
+    elif scenario == "tls" and shared is not None and lines is not None:
+        if nginx_binary() is None:
+            print("nginx is not installed (bench/setup.sh): skipping the TLS scenario", flush=True)
+        else:
+            await tls_scenario(bench, shared[0], lines)
 
 
 async def run(settings: Settings, scenarios: list[str]) -> str:
@@ -1104,7 +1127,7 @@ async def run(settings: Settings, scenarios: list[str]) -> str:
             bench = Bench(settings, broker, work, session)
             shared: tuple[str, list[bytes] | None] | None = None
             began = time.monotonic()
-            if {"throughput", "nginx", "workers"} & set(scenarios):
+            if {"throughput", "nginx", "workers", "tls"} & set(scenarios):
                 shared = await bench.backlog(settings.events)
             took["backlog preload"] = time.monotonic() - began
             for scenario in scenarios:
@@ -1149,7 +1172,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path
         "--only",
         action="append",
         choices=CONTENDERS,
-        help="run only this contender in the throughput tables (repeatable)",
+        help="run only this contender in the throughput and TLS tables (repeatable)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="a small smoke run (< 2 minutes); writes no RESULTS.md"
@@ -1180,6 +1203,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path
     )
     parser.add_argument("--workers", type=int, default=2, help="the worker count to compare")
     parser.add_argument(
+        "--handshakes",
+        type=int,
+        help="tls scenario: requests (each on a new connection) per handshake run "
+        "(default 1,000; quick 200)",
+    )
+    parser.add_argument(
         "--sink",
         choices=("sandbox", "nginx"),
         default="sandbox",
@@ -1206,6 +1235,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path
             rate_s=4.0,
             startup_s=30.0,
             workers_events=0,  # the shared backlog
+            tls_handshakes=200,
         )
         output = args.output
     else:
@@ -1218,6 +1248,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path
         )
         output = args.output or RESULTS
     settings.workers = args.workers
+    if args.handshakes:
+        settings.tls_handshakes = args.handshakes
     settings.sink = args.sink
     if args.sink_latency_ms:
         settings.latencies_ms = tuple(args.sink_latency_ms)
@@ -1229,8 +1261,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path
     settings.memory_s = min(settings.memory_s, settings.max_s)
     # Always in SCENARIOS' order (and once each), whatever the order of --scenario.
     scenarios = [s for s in SCENARIOS if s in (args.scenario or SCENARIOS)]
-    if args.quick and not args.scenario:
-        scenarios = [s for s in SCENARIOS if s != "nginx"]
+    if args.quick and not args.scenario:  # the nginx-sink scenarios only when named
+        scenarios = [s for s in SCENARIOS if s not in ("nginx", "tls")]
     return settings, scenarios, output
 
 

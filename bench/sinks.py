@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,14 @@ from typing import Any, Protocol
 import aiohttp
 
 from bench.procs import Proc, python_module, wait_port
+from bench.tls import (
+    PLAIN_LOG_FORMAT,
+    TLS_LOG_FORMAT,
+    Handshakes,
+    TlsFiles,
+    nginx_tls_settings,
+    parse_access_line,
+)
 from service.net import free_port
 
 NGINX_CONF = Path(__file__).with_name("nginx.conf")
@@ -160,20 +169,61 @@ def nginx_binary() -> str | None:
     )
 
 
+def nginx_has_tls() -> bool:
+    """Whether the installed nginx was built with its TLS module (Debian's nginx-light is)."""
+    binary = nginx_binary()
+    if binary is None:
+        return False
+    done = subprocess.run([binary, "-V"], capture_output=True, text=True, check=False)
+    return "--with-http_ssl_module" in done.stderr + done.stdout
+
+
+def nginx_conf(template: str, values: dict[str, str]) -> str:
+    """bench/nginx.conf with its placeholders filled in; comment lines are left as they are
+    (they name the placeholders, and a multi-line value would break out of them)."""
+    lines = []
+    for line in template.splitlines(keepends=True):
+        if not line.lstrip().startswith("#"):
+            for key, value in values.items():
+                line = line.replace(key, value)
+        lines.append(line)
+    return "".join(lines)
+
+
 class NginxSink:
     """nginx answering every vendor protocol's path as that vendor would (bench/nginx.conf),
-    counted by its access log: one `$msec $status $uri` line per answered request."""
+    counted by its access log: one line per answered request (time, status, connection, TLS).
 
-    def __init__(self, log_dir: Path) -> None:
+    `tls`: listen with TLS (HTTPS base URL), resuming sessions when `resumption`.
+    `keepalive=False`: close every connection after its answer (the handshake runs).
+    """
+
+    def __init__(
+        self,
+        log_dir: Path,
+        tls: TlsFiles | None = None,
+        *,
+        resumption: bool = True,
+        keepalive: bool = True,
+    ) -> None:
         binary = nginx_binary()
         if binary is None:
             raise RuntimeError("nginx is not installed (run bench/setup.sh)")
         self.name = "nginx"
         self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self._prefix = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
-        conf = NGINX_CONF.read_text().replace("__PREFIX__", str(self._prefix))
-        conf = conf.replace("__PORT__", str(self.port))
+        conf = nginx_conf(
+            NGINX_CONF.read_text(),
+            {
+                "__PREFIX__": str(self._prefix),
+                "__PORT__": str(self.port),
+                "__LOG_FORMAT__": TLS_LOG_FORMAT if tls else PLAIN_LOG_FORMAT,
+                "__KEEPALIVE_TIMEOUT__": "120s" if keepalive else "0",
+                "__SSL__": "ssl " if tls else "",
+                "__TLS__": nginx_tls_settings(tls, resumption) if tls else "",
+            },
+        )
         conf_path = self._prefix / "nginx.conf"
         conf_path.write_text(conf)
         self._access = self._prefix / "access.log"
@@ -182,6 +232,7 @@ class NginxSink:
         self._stats = SinkStats()
         self._receipts: list[float] = []
         self.per_vendor: dict[str, int] = {}  # accepted requests by /v/<vendor> prefix
+        self.handshakes = Handshakes()  # the connections that carried requests
         self.proc = Proc(
             "nginx", [binary, "-p", str(self._prefix), "-c", str(conf_path)], log_dir / "nginx.log"
         )
@@ -201,14 +252,16 @@ class NginxSink:
         lines = (self._partial + chunk).split(b"\n")
         self._partial = lines.pop()
         stats = self._stats
-        for line in lines:
-            at, status, uri = line.decode("ascii", "replace").split(" ", 2)
+        for raw in lines:
+            line = parse_access_line(raw.decode("ascii", "replace"))
+            self.handshakes.add(line)
+            status, uri = line.status, line.uri
             stats.statuses[status] = stats.statuses.get(status, 0) + 1
             if not status.startswith("2"):
                 if len(stats.refusals) < 5:
                     stats.refusals.append(f"{status} {uri[:200]}")
                 continue
-            at_s = float(at)
+            at_s = line.at_s
             self._receipts.append(at_s)
             if not stats.first_s:
                 stats.first_s = at_s

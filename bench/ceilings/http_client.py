@@ -1,14 +1,17 @@
 """Ceiling 2: a plain HTTP client posting the goal-reach bodies to the sink, no Kafka.
 
     python -m bench.ceilings.http_client --url BASE --events N --concurrency C
-                                         [--client aiohttp|pyreqwest|aiosonic|niquests|httpx]
+                                         [--client aiohttp|pyreqwest|h1|aiosonic|niquests|httpx]
+                                         [--ca-bundle CA.pem]
 
 The bodies are built first (from the same sample events, with the relay's adapter), then C
 tasks share one client (connection pool of C) and post them as fast as the sink answers, on
 uvloop. Every client gets the same treatment: redirects not followed, a 10 s total timeout where
-the library has one, TLS verification left at its default (the sink is plain HTTP anyway), and
-the answer's body read in full. The harness measures rate and CPU from outside, exactly as for
-every other contender.
+the library has one, TLS verification left at its default, and the answer's body read in full.
+Against an HTTPS sink (the `tls` scenario), `--ca-bundle` adds the run's CA to the system's roots,
+as the relay's `http.ca_bundle` does: aiohttp with an `ssl.create_default_context()`, pyreqwest
+with `add_root_certificate_pem`, h1 with its own `tls_context` (ALPN, session resumption). The
+harness measures rate and CPU from outside, exactly as for every other contender.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from service.devtools.demo import sample_lines
 TIMEOUT_S = 10.0
 # One request: (url, body) -> status; run by each of the C tasks in turn.
 Post = Callable[[str, bytes], Awaitable[int]]
+# The clients that take --ca-bundle: the relay's three transports.
+TLS_CLIENTS = ("aiohttp", "pyreqwest", "h1")
 
 
 async def _drive(post: Post, url: str, bodies: list[bytes], concurrency: int) -> None:
@@ -39,11 +44,16 @@ async def _drive(post: Post, url: str, bodies: list[bytes], concurrency: int) ->
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-async def run_aiohttp(url: str, bodies: list[bytes], concurrency: int) -> None:
+async def run_aiohttp(
+    url: str, bodies: list[bytes], concurrency: int, ca_bundle: str | None = None
+) -> None:
     """aiohttp: one ClientSession, TCPConnector(limit=C)."""
+    import ssl
+
     import aiohttp
 
-    connector = aiohttp.TCPConnector(limit=concurrency)
+    context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
+    connector = aiohttp.TCPConnector(limit=concurrency, ssl=context)
     timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
@@ -57,17 +67,22 @@ async def run_aiohttp(url: str, bodies: list[bytes], concurrency: int) -> None:
         await _drive(post, url, bodies, concurrency)
 
 
-async def run_pyreqwest(url: str, bodies: list[bytes], concurrency: int) -> None:
+async def run_pyreqwest(
+    url: str, bodies: list[bytes], concurrency: int, ca_bundle: str | None = None
+) -> None:
     """pyreqwest (reqwest/hyper in Rust): max_connections=C, streamed answer read in full."""
     from pyreqwest.client import ClientBuilder
 
-    client = (
+    builder = (
         ClientBuilder()
         .max_connections(concurrency)
         .follow_redirects(False)
         .timeout(timedelta(seconds=TIMEOUT_S))
-        .build()
     )
+    if ca_bundle:
+        with open(ca_bundle, "rb") as pem:  # noqa: ASYNC230 (once, before any request)
+            builder = builder.add_root_certificate_pem(pem.read())
+    client = builder.build()
     async with client:
 
         async def post(url: str, body: bytes) -> int:
@@ -80,13 +95,19 @@ async def run_pyreqwest(url: str, bodies: list[bytes], concurrency: int) -> None
         await _drive(post, url, bodies, concurrency)
 
 
-async def run_h1(url: str, bodies: list[bytes], concurrency: int) -> None:
+async def run_h1(
+    url: str, bodies: list[bytes], concurrency: int, ca_bundle: str | None = None
+) -> None:
     """The relay's own H1Transport (asyncio.Protocol + httptools): a pool of C connections."""
     from service.core.exchange import VendorRequest
-    from service.delivery.h1 import H1Transport
+    from service.delivery.h1 import H1Transport, tls_context
 
     transport = H1Transport(
-        "sink", pool_size=concurrency, timeout_s=TIMEOUT_S, connect_timeout_s=5.0
+        "sink",
+        pool_size=concurrency,
+        timeout_s=TIMEOUT_S,
+        connect_timeout_s=5.0,
+        ssl_context=tls_context(ca_bundle) if ca_bundle else None,
     )
 
     async def post(url: str, body: bytes) -> int:
@@ -160,7 +181,7 @@ async def run_httpx(url: str, bodies: list[bytes], concurrency: int) -> None:
         await _drive(post, url, bodies, concurrency)
 
 
-CLIENTS: dict[str, Callable[[str, list[bytes], int], Awaitable[None]]] = {
+CLIENTS: dict[str, Callable[..., Awaitable[None]]] = {
     "aiohttp": run_aiohttp,
     "pyreqwest": run_pyreqwest,
     "h1": run_h1,
@@ -174,7 +195,10 @@ async def post_all(args: argparse.Namespace) -> None:
     """Post every body with `args.concurrency` concurrent requests through `args.client`."""
     url, build = goal_reach_builder(args.url)
     bodies = [b for b in map(build, sample_lines(args.events)) if b is not None]
-    await CLIENTS[args.client](url, bodies, args.concurrency)
+    if args.ca_bundle:
+        await CLIENTS[args.client](url, bodies, args.concurrency, args.ca_bundle)
+    else:
+        await CLIENTS[args.client](url, bodies, args.concurrency)
     print(f"{args.client}: posted {len(bodies)} requests; waiting to be stopped", flush=True)
     # Like every other contender, it runs until the harness stops it (CPU and RSS are read then).
     await asyncio.Event().wait()
@@ -187,7 +211,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, required=True)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--client", choices=tuple(CLIENTS), default="aiohttp")
+    parser.add_argument(
+        "--ca-bundle", help="a PEM CA trusted on top of the system's roots (HTTPS sinks)"
+    )
     args = parser.parse_args()
+    if args.ca_bundle and args.client not in TLS_CLIENTS:
+        parser.error(f"--ca-bundle is supported by {', '.join(TLS_CLIENTS)} only")
     import uvloop
 
     uvloop.run(post_all(args))
