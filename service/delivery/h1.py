@@ -45,7 +45,7 @@ import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Final, cast
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aiohappyeyeballs
 import httptools
@@ -54,6 +54,7 @@ from multidict import CIMultiDict
 
 from service.core.exchange import VendorRequest, VendorResponse
 from service.core.proxy import ProxyPolicy
+from service.core.targets import encoded_target
 from service.errors import VendorTimeout, VendorUnreachable
 from service.logs import redact
 
@@ -83,11 +84,6 @@ _CACHE_ENTRIES: Final = 512
 # Transfer-Encoding or Connection header could desynchronise the stream (request smuggling).
 _OWNED_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "connection"})
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
-# Characters kept as they are when a request target is percent-encoded: RFC 3986's pchar, `/`
-# and `?`, `%` (an escape already made) and `[]` (left as sent in queries, as curl does). Every
-# other character (space, `"<>\\^`{|}`, non-ASCII) is percent-encoded, as yarl and browsers do.
-_TARGET_SAFE: Final = "!$%&'()*+,-./:;=?@[]_~"
-_TARGET_UNSAFE: Final = re.compile(r"[^!$%&'()*+,\-./0-9:;=?@A-Z\[\]_a-z~]")
 # A control character in a URL is never sent (nor silently stripped, as urlsplit does with CR,
 # LF and TAB): it can only come from a relay bug or a hostile config, on any request alike.
 _URL_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
@@ -978,13 +974,6 @@ class _Origin:
                 waiter.set_exception(VendorUnreachable(f"{self.vendor}: the transport was closed"))
 
 
-def _target(target: str) -> str:
-    """The request target as sent: percent-encoded where RFC 3986 does not allow a character."""
-    if _TARGET_UNSAFE.search(target):
-        return quote(target, safe=_TARGET_SAFE)
-    return target
-
-
 def _retrieved(task: asyncio.Task[Any]) -> None:
     """Mark a shared task's failure as seen (its waiters may all have left)."""
     if not task.cancelled():
@@ -1060,7 +1049,7 @@ class H1Transport:
         target = url[end:] or "/"
         if "#" in target:
             target = target.partition("#")[0]
-        return origin, origin.target_prefix + _target(target)
+        return origin, origin.target_prefix + encoded_target(target)
 
     def _origin_slow(self, url: str) -> tuple[_Origin, str]:
         """Parse a URL whose origin is new (or whose netloc is followed by `?`/`#`, not `/`)."""
@@ -1071,7 +1060,7 @@ class H1Transport:
             origin = _Origin(self, url)
             self._origins[key] = origin
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        return origin, origin.target_prefix + _target(target)
+        return origin, origin.target_prefix + encoded_target(target)
 
     async def send(self, request: VendorRequest) -> VendorResponse:
         """The HTTP round trip, no redirect followed, the body bounded, within `timeout_s`."""

@@ -49,10 +49,6 @@ XFAIL: dict[tuple[str, str], str] = {
         "asyncio's SSL transport reports a TCP close without close_notify as a clean EOF, so a "
         "cut close-delimited body reads as whole (h1 asks the SSLObject; aiohttp cannot)"
     ),
-    ("request_target_encoding", "pyreqwest"): (
-        "the url crate (WHATWG) sends | and ^ raw and reads \\ as /; percent-encoding the URL "
-        "before pyreqwest (in transport_reqwest.py) would fix it"
-    ),
     ("transfer_encoding_gzip", "pyreqwest"): (
         "hyper reads a gzip transfer coding until close but hands back the gzip bytes"
     ),
