@@ -252,7 +252,7 @@ class RedisRateLimiter:
         *,
         replicas: int = 1,
         key_prefix: str = "conversion-relay:",
-        reprobe_s: float = 5.0,
+        reprobe_s: float = 2.0,
         metrics: Metrics | None = None,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,

@@ -28,8 +28,9 @@ class RedisConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     key_prefix: str = "conversion-relay:"
     # Per command; a slower Redis counts as down.
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
-    # While Redis is down, how often the limiter tries it again.
-    reprobe_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # While Redis is down, how often the limiter tries it again (2 s: back on the shared limit
+    # within 5 s of Redis returning, the fleet drill's bound, for one command per probe).
+    reprobe_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
 
 
 class DedupConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -174,7 +174,7 @@ def test_make_dedup_store_builds_what_the_config_names() -> None:
 def test_redis_config_decodes_and_checks_the_url_scheme() -> None:
     """`redis: {url, replicas}` decodes with defaults; a URL without a redis scheme is refused."""
     config = msgspec.convert({"url": "redis://redis:6379/0", "replicas": 3}, RedisConfig)
-    assert (config.replicas, config.key_prefix, config.reprobe_s) == (3, "conversion-relay:", 5.0)
+    assert (config.replicas, config.key_prefix, config.reprobe_s) == (3, "conversion-relay:", 2.0)
     with pytest.raises(msgspec.ValidationError, match="url"):
         msgspec.convert({"url": "http://redis:6379"}, RedisConfig)
     with pytest.raises(msgspec.ValidationError, match="replicas"):
