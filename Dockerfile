@@ -30,6 +30,11 @@ ENV UV_COMPILE_BYTECODE=1 \
 
 WORKDIR /app
 
+# An optional extra of the project installed beside the runtime, e.g.
+# `--build-arg RELAY_EXTRAS=tracing` for OpenTelemetry traces (tracing.enabled); none by default
+# (with the OpenTelemetry SDK present, redis-py loads it in every process: ~0.1 s, ~3 MiB).
+ARG RELAY_EXTRAS=""
+
 # Dependencies alone first: this layer is rebuilt only when pyproject.toml or uv.lock change.
 # Runtime dependencies only: no extras (no embedded broker, no test tools), no dev groups.
 # Bind targets are absolute: BuildKit resolves relative ones against WORKDIR, buildah does not.
@@ -40,7 +45,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=pyproject.toml,target=/app/pyproject.toml \
     --mount=type=secret,id=ca_bundle \
     if [ -s /run/secrets/ca_bundle ]; then export SSL_CERT_FILE=/run/secrets/ca_bundle; fi \
-    && uv sync --frozen --no-dev --no-install-project
+    && uv sync --frozen --no-dev --no-install-project ${RELAY_EXTRAS:+--extra "$RELAY_EXTRAS"}
 
 # Then the code, installed as a regular (non-editable) package so the venv stands alone.
 COPY pyproject.toml uv.lock README.md ./
@@ -48,7 +53,7 @@ COPY service ./service
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=secret,id=ca_bundle \
     if [ -s /run/secrets/ca_bundle ]; then export SSL_CERT_FILE=/run/secrets/ca_bundle; fi \
-    && uv sync --frozen --no-dev --no-editable
+    && uv sync --frozen --no-dev --no-editable ${RELAY_EXTRAS:+--extra "$RELAY_EXTRAS"}
 
 # ---- runtime: the same slim Python, the venv and nothing else ----------------------------
 FROM python:3.11.14-slim-bookworm AS runtime

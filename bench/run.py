@@ -28,6 +28,7 @@ from bench.adaptive import adaptive_section
 from bench.ceilings.consume_latency import describe_consumer
 from bench.memory_stuck import memory_stuck
 from bench.procs import Proc, Usage, install_signal_handlers, python_module, stop_all, usage
+from bench.replay import replay_scenario
 from bench.report import Noise, Row, Section, busy_s, machine, mib, num, throughput_section
 from bench.sinks import (
     ConsumeCeiling,
@@ -56,6 +57,7 @@ SCENARIOS = (
     "workers",
     "adaptive",
     "tls",
+    "replay",
 )
 # The client ceilings: contender name → the HTTP library it posts with (bench/ceilings).
 CLIENTS = {
@@ -100,6 +102,7 @@ class Settings:
     latency_warmup_s: float = 5.0
     latency_contenders: tuple[str, ...] = ("ceiling", "relay1", "naive", "faststream64")
     memory_backlogs: tuple[int, ...] = (10_000, 1_000_000)
+    replay_letters: tuple[int, ...] = (1_000, 1_000_000)  # DLQ sizes of the replay scenario
     memory_latency_ms: int = 50
     memory_s: float = 30.0
     rate_limit_per_s: float = 200.0
@@ -1097,6 +1100,8 @@ async def run_scenario(
         await bench.memory()
     elif scenario == "memory_stuck":
         await memory_stuck(bench)
+    elif scenario == "replay":
+        await replay_scenario(bench)
     elif scenario == "ratelimit":
         await bench.ratelimit()
     elif scenario == "workers" and shared is not None and lines is not None:
@@ -1196,6 +1201,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path
         help="backlog sizes of the memory scenario (default 10,000 and 1,000,000)",
     )
     parser.add_argument(
+        "--replay-letters",
+        type=int,
+        action="append",
+        help="DLQ sizes of the replay scenario (default 1,000 and 1,000,000; quick 200, 2,000)",
+    )
+    parser.add_argument(
         "--sink-latency-ms",
         type=int,
         action="append",
@@ -1248,6 +1259,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path
         )
         output = args.output or RESULTS
     settings.workers = args.workers
+    quick_letters = (200, 2_000) if args.quick else settings.replay_letters
+    settings.replay_letters = tuple(args.replay_letters or quick_letters)
     if args.handshakes:
         settings.tls_handshakes = args.handshakes
     settings.sink = args.sink

@@ -1,10 +1,10 @@
 """Generate the reference pages of docs/ from the code: what the code says is what the docs say.
 
 - docs/reference/config.md: every config key from the config Structs (service/config.py, the
-  vendor protocols' Structs in service/vendors/, service/delivery/redis_config.py and the policy
-  Structs they nest), with its type and constraints (msgspec.inspect), its default
-  (msgspec.structs.fields) and its description: the comment lines right above the field (or at
-  the end of its line) in the source, read with `ast` and `inspect.getsource`.
+  vendor protocols' Structs in service/vendors/ and the policy Structs they nest), with its
+  type and constraints (msgspec.inspect), its default (msgspec.structs.fields) and its
+  description: the comment lines right above the field (or at the end of its line) in the
+  source, read with `ast` and `inspect.getsource`.
 - docs/reference/metrics.md: every metric the relay exports (service/metrics.py, instantiated on
   a fresh registry): name, type, labels, help text, and the comment above its definition.
 
@@ -227,8 +227,7 @@ class ConfigPage:
             self.collect(f"vendors.<name> (protocol: {tag})", cls, own)
         out = [
             GENERATED.format(
-                source="the config Structs (service/config.py, service/vendors/, "
-                "service/delivery/redis_config.py, service/core/)"
+                source="the config Structs (service/config.py, service/vendors/, service/core/)"
             ),
             "",
             "# Configuration reference",

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
+from service.core.inputs import Format, Mode, input_problems
 from service.core.proxy import (
     ProxySetting,
     ProxySettingError,
@@ -22,7 +23,6 @@ from service.core.proxy import (
     proxy_policy,
 )
 from service.core.redact import is_secret_key, redact, remember_secrets
-from service.delivery.redis_config import DedupConfig, RedisConfig
 from service.errors import ConfigError
 from service.vendors import VendorConfig
 from service.vendors.base import PROXY_TRANSPORTS, TransportName
@@ -95,6 +95,10 @@ class KafkaConfig(Strict, frozen=True):
     # The compacted progress topic (`topic` store); null = `<group_prefix>.progress`. Created
     # (1 partition, cleanup.policy=compact) on first use if missing.
     progress_topic: str | None = None
+    # The compacted control topic holding each vendor's operator state (`vendor pause`,
+    # `resume`, `reset`); null = `<group_prefix>.control`. Created (1 partition,
+    # cleanup.policy=compact) if missing; read by every replica.
+    control_topic: str | None = None
     # Longest progress text one commit carries: under the brokers' offset.metadata.max.bytes
     # (Kafka's default 4096). Past it the commit keeps only the retry clocks, then the offset.
     commit_metadata_max_bytes: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 4000
@@ -167,6 +171,114 @@ class PipelineConfig(Strict, frozen=True):
         return min(self.resume_below, self.max_in_flight - 1)
 
 
+class InputConfig(Strict, frozen=True):
+    """A topic of a producer's own events and how they become canonical ones
+    (docs/guide/producers.md)."""
+
+    # The topic this input reads (listed in kafka.topics too: every topic read is there).
+    topic: Annotated[str, msgspec.Meta(min_length=1)]
+    # What its records are: `json` (the producer's own JSON object, mapped by `fields`),
+    # `cloudevents` (CloudEvents 1.0 in the Kafka binding, mapped by `fields`), `avro` (Avro in
+    # the Confluent Schema Registry wire format, decoded through `schema_registry:`, mapped by
+    # `fields`), or `canonical` (the relay's own event, as on every topic without an input).
+    format: Format = "json"
+    # CloudEvents content mode: `auto` tells them apart per record (content-type
+    # application/cloudevents+json = structured, ce_* headers = binary); `structured` or `binary`
+    # accept that one only.
+    mode: Mode = "auto"
+    # Canonical field <- source, e.g. `event_id: $.order.uuid`, `value: $.total_cents / 100`,
+    # `occurred_at: $.ts | epoch_ms`, `goal: {from: $.type, map: {order.paid: purchase}}`,
+    # `currency: EUR`, `params: $.properties`; compiled once at start.
+    fields: dict[str, Any] = {}
+
+
+class SchemaRegistryConfig(Strict, frozen=True):
+    """The Confluent Schema Registry that `avro` inputs read their writers' schemas from."""
+
+    # Its base URL, `http(s)://host:port[/path]`.
+    url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
+    # HTTP basic auth user (Confluent Cloud: the API key).
+    username: str | None = None
+    # HTTP basic auth password (Confluent Cloud: the API secret): give it as `${ENV}`.
+    password: str | None = None
+    # CA bundle (PEM) the registry's certificate is checked against (default: the system's).
+    ssl_cafile: str | None = None
+    # Client certificate (PEM) for mutual TLS.
+    ssl_certfile: str | None = None
+    # Private key (PEM) of ssl_certfile.
+    ssl_keyfile: str | None = None
+    # Per request; a slower registry counts as down (its records wait, none is dead-lettered).
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # While the registry is down, how often it is tried again (steady, never backed off).
+    retry_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    # Compiled schemas kept, by id (least recently used dropped first).
+    max_schemas: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+
+
+# The optional Redis (shared rate limit, Retry-After pauses, dedup store) and the dedup store.
+SEVEN_DAYS_S = 7 * 24 * 3600.0
+
+
+class RedisConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where Redis is, how many replicas share its limits, and how patient to be with it."""
+
+    # `redis://[:password@]host:port/db`, `rediss://` for TLS, or `unix://`; give it as `${ENV}`.
+    url: Annotated[str, msgspec.Meta(pattern=r"^(redis|rediss|unix)://")]
+    # Replicas sharing the limits: while Redis is down each takes `per_s / replicas`.
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
+    # Prefix of every key the relay writes.
+    key_prefix: str = "conversion-relay:"
+    # Per command; a slower Redis counts as down.
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
+    # While Redis is down, how often the limiter tries it again (2 s: back on the shared limit
+    # within 5 s of Redis returning, the fleet drill's bound, for one command per probe).
+    reprobe_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+
+
+class DedupConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where delivered (vendor, event_id) pairs are remembered, and for how long."""
+
+    # Off: every event is sent even if it was delivered before.
+    enabled: bool = True
+    # `memory`: per process, bounded by max_entries, lost on restart; `redis`: shared,
+    # survives restarts (needs `redis:`).
+    backend: Literal["memory", "redis"] = "memory"
+    # How long a delivered (vendor, event_id) is remembered (default 7 days; the memory
+    # backend forgets in 16 steps, so a pair is remembered for 15/16 of this at least).
+    ttl_s: Annotated[float, msgspec.Meta(gt=0)] = SEVEN_DAYS_S
+    # Memory backend only: how many pairs are remembered; past it the oldest 1/16 are
+    # forgotten. About 125 bytes an entry with its UUID: 150,000 take ~18 MiB of the 150 MiB
+    # budget (use Redis to remember more).
+    max_entries: Annotated[int, msgspec.Meta(ge=1)] = 150_000
+
+
+class TracingConfig(Strict, frozen=True):
+    """OpenTelemetry traces of deliveries, exported over OTLP/HTTP (docs/guide/observability.md)."""
+
+    # On: a span per event per vendor and one per delivery attempt, continuing the record's W3C
+    # `traceparent` header when it has one. Off (the default), the SDK is not even imported.
+    enabled: bool = False
+    # The collector's OTLP/HTTP traces URL, path included. Headers it needs (a token) come from
+    # OTEL_EXPORTER_OTLP_TRACES_HEADERS or OTEL_EXPORTER_OTLP_HEADERS, never from this file.
+    endpoint: Annotated[str, msgspec.Meta(pattern=r"^https?://")] = (
+        "http://localhost:4318/v1/traces"
+    )
+    # Share of new traces recorded (parent-based: a record whose traceparent says sampled or
+    # not decides for itself; this ratio applies to records without one).
+    sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+    # Spans waiting for export, at most: past it new ones are dropped and counted
+    # (conversion_relay_trace_spans_dropped_total), never waited for.
+    max_queue_size: Annotated[int, msgspec.Meta(ge=1)] = 2048
+    # Spans per export request (at most max_queue_size).
+    max_export_batch_size: Annotated[int, msgspec.Meta(ge=1)] = 512
+    # How often waiting spans are exported (sooner when a batch is full).
+    export_interval_s: PositiveFloat = 1.0
+    # One export's time limit, its retries included (the stop waits about twice this at most).
+    export_timeout_s: PositiveFloat = 5.0
+    # The spans' `service.name`.
+    service_name: Annotated[str, msgspec.Meta(min_length=1)] = "conversion-relay"
+
+
 class Config(Strict, frozen=True):
     """The whole configuration."""
 
@@ -186,6 +298,13 @@ class Config(Strict, frozen=True):
     dedup: DedupConfig = DedupConfig()
     # Relay processes in this container (`run --workers N` overrides): one per core.
     workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    # Topics whose records are a producer's own events (its JSON, CloudEvents), by a name of
+    # your choice; topics not named here carry the canonical event.
+    inputs: dict[str, InputConfig] = {}
+    # The Confluent Schema Registry of `format: avro` inputs.
+    schema_registry: SchemaRegistryConfig | None = None
+    # OpenTelemetry traces of deliveries (off by default).
+    tracing: TracingConfig = TracingConfig()
 
     def enabled_vendors(self) -> dict[str, VendorConfig]:
         """The vendors that get a pipeline."""
@@ -364,6 +483,19 @@ def _proxy_problems(config: Config, env: Mapping[str, str]) -> list[str]:
     return list(dict.fromkeys(problems))
 
 
+def tracing_installed() -> bool:
+    """Whether the `tracing` extra (OpenTelemetry SDK, OTLP/HTTP exporter) can be imported."""
+    import importlib.util
+
+    try:
+        return all(
+            importlib.util.find_spec(name) is not None
+            for name in ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http")
+        )
+    except (ImportError, ValueError):
+        return False
+
+
 def _check_semantics(config: Config, env: Mapping[str, str]) -> list[str]:
     problems = _proxy_problems(config, env)
     if config.http.ca_bundle is not None:
@@ -383,6 +515,54 @@ def _check_semantics(config: Config, env: Mapping[str, str]) -> list[str]:
         problems.append("vendors: no vendor is enabled")
     if config.dedup.enabled and config.dedup.backend == "redis" and config.redis is None:
         problems.append("dedup.backend: redis needs a `redis:` section")
+    if config.tracing.max_export_batch_size > config.tracing.max_queue_size:
+        problems.append("tracing.max_export_batch_size: must be at most max_queue_size")
+    if config.tracing.enabled and not tracing_installed():
+        problems.append(
+            "tracing.enabled: the OpenTelemetry SDK is not installed (the `tracing` extra: "
+            "pip install 'conversion-relay[tracing]')"
+        )
+    if config.schema_registry is None:
+        problems.extend(
+            f"inputs.{name}.format: avro needs a `schema_registry:` section"
+            for name, entry in config.inputs.items()
+            if entry.format == "avro"
+        )
+    registry = config.schema_registry
+    if registry is not None and (registry.username is None) != (registry.password is None):
+        problems.append("schema_registry: username and password go together (basic auth)")
+    if registry is not None and registry.ssl_keyfile and not registry.ssl_certfile:
+        problems.append("schema_registry.ssl_keyfile: needs ssl_certfile")
+    return problems
+
+
+def _input_problems(data: dict[str, Any]) -> list[str]:
+    """Every input whose mapping cannot compile, or whose topic is not read, each named by its
+    path (`inputs.crm.fields.event_id: ...`); checked whatever else is wrong in the file."""
+    entries = data.get("inputs")
+    if not isinstance(entries, dict):
+        return []  # not a mapping: the section's own check says so
+    kafka = data.get("kafka")
+    topics = kafka.get("topics") if isinstance(kafka, dict) else None
+    problems: list[str] = []
+    owner: dict[str, str] = {}
+    for name, raw in entries.items():
+        try:
+            entry = msgspec.convert(raw, InputConfig, strict=False)
+        except msgspec.ValidationError:
+            continue  # the section's own check names the field
+        where = f"inputs.{name}"
+        for path, message in input_problems(entry.format, entry.fields, entry.mode):
+            problems.append(f"{where}.{path}: {message}")
+        if isinstance(topics, list) and entry.topic not in topics:
+            problems.append(
+                f"{where}.topic: {entry.topic} is not in kafka.topics (the topics the relay reads)"
+            )
+        if entry.topic in owner:
+            problems.append(
+                f"{where}.topic: {entry.topic} is already read by inputs.{owner[entry.topic]}"
+            )
+        owner.setdefault(entry.topic, str(name))
     return problems
 
 
@@ -426,6 +606,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
         config = msgspec.convert({**rest, "vendors": {}}, Config, strict=False)
     except msgspec.ValidationError as exc:
         problems.extend(_struct_problems({**rest, "vendors": {}}, Config, "", exc))
+    problems.extend(_input_problems(rest))
     if config is not None:
         # Checks across fields run whenever the sections they read are valid, so that one run
         # reports them beside the vendors' own mistakes.
@@ -635,6 +816,12 @@ def summary(config: Config) -> str:
             f"vendor {name} ({tag}, {state}): {shown_url(vendor.base_url)}"
             f" concurrency={vendor.concurrency}{f' proxy={proxy}' if proxy else ''}"
             f" goals: {routes or '(none)'}"
+        )
+    for name, entry in config.inputs.items():
+        lines.append(
+            f"input {name}: topic {entry.topic} format={entry.format}"
+            + (f" mode={entry.mode}" if entry.format == "cloudevents" else "")
+            + (f" fields: {', '.join(entry.fields)}" if entry.fields else "")
         )
     warning = plaintext_warning(config)
     if warning:

@@ -1,4 +1,5 @@
-"""Health and telemetry endpoints: /livez /readyz /metrics for anyone, /status by choice.
+"""Health and telemetry endpoints: / (the list) /livez /readyz /metrics for anyone, /status by
+choice.
 
 `http.status_access` decides who may read /status: `loopback` (the default: clients on
 127.0.0.1 or ::1 only, which includes `kubectl port-forward`), `token` (a client sending
@@ -26,6 +27,15 @@ if TYPE_CHECKING:
     from service.app import Relay
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
+# What `/` lists: every endpoint and what it answers.
+ENDPOINTS = {
+    "/": "this list",
+    "/livez": "200 while the event loop runs",
+    "/readyz": "200 when every pipeline is in its group; 503 with the reasons otherwise",
+    "/metrics": "Prometheus metrics",
+    "/status": "per-vendor state, last delivery and error with times, the last minute's "
+    "deliveries, uptime (see http.status_access)",
+}
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -107,7 +117,11 @@ def make_app(relay: Relay, env: Mapping[str, str] | None = None) -> web.Applicat
     async def status(request: web.Request) -> web.Response:
         return _json(_redacted(relay.status()))
 
+    async def index(request: web.Request) -> web.Response:
+        return _json({"endpoints": ENDPOINTS})
+
     app = web.Application()
+    app.router.add_get("/", index)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -58,6 +58,7 @@ OUTCOMES = (
     "expired",
 )
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+TRACE_DROP_REASONS = ("queue_full", "export_failed")
 
 
 class BatchedCounter:
@@ -287,11 +288,38 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        # 1 while the Schema Registry of `avro` inputs cannot be reached (their records wait for
+        # it: none is dead-lettered); 0 otherwise.
+        self.schema_registry_down = Gauge(
+            f"{p}_schema_registry_down",
+            "1 while the Schema Registry is unreachable and records wait for their schemas.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        # Schema fetches from the registry by `result`: ok, unknown (40403) or error (down, slow,
+        # refused).
+        self.schema_registry_requests = Counter(
+            f"{p}_schema_registry_requests_total",
+            "Schema fetches from the Schema Registry, by result (ok, unknown, error).",
+            ["result"],
+            registry=r,
+        )
+        for result in ("ok", "unknown", "error"):  # every series exported from the start
+            self.schema_registry_requests.labels(result)
         # 1 while the shared (Redis) rate limiter is unreachable and this replica limits on its own
         # share.
         self.ratelimit_fallback = Gauge(
             f"{p}_ratelimit_fallback",
             "1 while the shared (Redis) rate limit is unreachable and this replica limits alone.",
+            ["vendor"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        # 1 while an operator has paused the vendor fleet-wide (`conversion-relay vendor pause`):
+        # the dashboard marks it and the no-deliveries alert stays quiet for it.
+        self.vendor_paused = Gauge(
+            f"{p}_vendor_paused",
+            "1 while an operator has paused the vendor fleet-wide (control topic).",
             ["vendor"],
             registry=r,
             multiprocess_mode="livemax",
@@ -344,6 +372,17 @@ class Metrics:
             ["vendor", "topic"],
             registry=r,
         )
+        # Trace spans lost (`tracing.enabled`): `queue_full` (more spans than max_queue_size
+        # waiting: the collector is slow or down), `export_failed` (the collector refused them
+        # or could not be reached within export_timeout_s). Delivery never waits for tracing.
+        self.trace_spans_dropped = Counter(
+            f"{p}_trace_spans_dropped_total",
+            "Trace spans dropped instead of exported (queue full, export failed).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in TRACE_DROP_REASONS:
+            self.trace_spans_dropped.labels(reason)
         # Process metrics of this process (ignored by the --workers supervisor, which reads its
         # workers' /proc itself: a collector's values do not travel through the multiprocess files).
         ProcessCollector(registry=r)

@@ -2,7 +2,8 @@
 
 Commands: run (the relay), dev (everything on this machine, with demo traffic), fault (break a
 dev vendor), publish (send events to a topic), dlq inspect / dlq replay (dead letters),
-check-config (validate a config).
+check-config (validate a config), map (what a sample record of a topic becomes), vendor
+pause / resume / list / reset (steer a vendor fleet-wide), status (each vendor group's offsets).
 Exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 some replayed letters failed again,
 130 interrupted.
 """
@@ -16,13 +17,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from service import __version__
-from service.cli import check, common, dev, dlq, publish, run
+from service.cli import check, common, dev, dlq, publish, run, status, vendor
+from service.cli import map as map_record
 
 __all__ = ["build_parser", "main"]
 
 # One module per command family, each adding its own commands; a command imports what it uses
 # only when it runs, so `--version` or `fault` loads none of the relay.
-FAMILIES = (run, dev, publish, dlq, check)
+FAMILIES = (run, dev, publish, dlq, check, map_record, vendor, status)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,8 +47,9 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         default = action.default
+        # By identity: `0 in (None, False)` is true (0 == False), which hid a default of 0.
         if (
-            default in (None, False, argparse.SUPPRESS)
+            any(default is hidden for hidden in (None, False, argparse.SUPPRESS))
             or "default" in text
             or not action.option_strings
         ):
@@ -100,6 +101,21 @@ def quiet_kafka_logs() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
+def unreachable_text(bootstrap: str, error: str | None, waited_s: float, timeout_s: float) -> str:
+    """What a failed connect did, in words: no answer within the bound, or the client's error
+    at once or after a wait (a refused port fails in milliseconds: no "after 0.0 s")."""
+    if error is None:
+        what = f"no answer within {timeout_s:g} s"
+    elif waited_s < 0.1:
+        what = f"failed at once: {error}"
+    else:
+        what = f"{error} after {waited_s:.1f} s"
+    return (
+        f"cannot reach Kafka at {bootstrap} ({what}); "
+        "check the bootstrap address and that the broker runs"
+    )
+
+
 async def probe_kafka(kwargs: dict[str, Any], bootstrap: str, timeout_s: float) -> None:
     """Connect once (bounded) so an unreachable broker is one clear error, not a traceback."""
     from aiokafka import AIOKafkaProducer
@@ -110,12 +126,9 @@ async def probe_kafka(kwargs: dict[str, Any], bootstrap: str, timeout_s: float) 
     try:
         await asyncio.wait_for(producer.start(), timeout_s)
     except (KafkaError, OSError, TimeoutError) as exc:
-        waited_s = time.monotonic() - started
-        why = "no answer" if isinstance(exc, TimeoutError) else type(exc).__name__
-        raise KafkaUnavailable(
-            f"cannot reach Kafka at {bootstrap} (gave up after {waited_s:.1f} s: {why}); "
-            "check the bootstrap address and that the broker runs"
-        ) from exc
+        error = None if isinstance(exc, TimeoutError) else type(exc).__name__
+        text = unreachable_text(bootstrap, error, time.monotonic() - started, timeout_s)
+        raise KafkaUnavailable(text) from exc
     finally:
         await producer.stop()
 
@@ -164,6 +177,11 @@ def port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535; 0 = pick a free one)")
     return int(text)
+
+
+def warn(message: str) -> None:
+    """Print `conversion-relay: warning: MESSAGE` on stderr (the command goes on)."""
+    print(f"conversion-relay: warning: {message}", file=sys.stderr)
 
 
 def fail(message: str, code: int, debug: bool) -> int:

@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 
 from service.cli import common
+from service.core.faults import MODES as FAULT_MODES
+from service.core.faults import FaultValueError, checked_value, value_help
 from service.errors import RelayError, UsageError
-
-FAULT_MODES = ("down", "up", "errors", "throttle", "reject", "slow", "ok")
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -37,6 +37,10 @@ def cmd_fault(args: argparse.Namespace) -> int:
 
     from service.devtools.paths import default_config_path, state_path
 
+    try:  # checked here too, so a wrong value is a usage error before anything is sent
+        value = checked_value(args.mode, args.value)
+    except FaultValueError as exc:
+        raise UsageError(str(exc)) from None
     url = args.control
     if url is None:
         path = Path(args.state) if args.state else state_path(default_config_path())
@@ -47,7 +51,7 @@ def cmd_fault(args: argparse.Namespace) -> int:
                 f"no running dev mode found ({path}: {exc.__class__.__name__}); "
                 "start `conversion-relay dev` or give --control URL"
             ) from exc
-    query = f"?value={args.value}" if args.value is not None else ""
+    query = f"?value={value:.12g}" if value is not None else ""
     name = urllib.parse.quote(args.vendor)
     request = urllib.request.Request(f"{url}/vendors/{name}/{args.mode}{query}", method="POST")
     try:
@@ -95,11 +99,11 @@ def add_commands(command: common.AddCommand) -> None:
     fault.add_argument(
         "mode",
         choices=FAULT_MODES,
-        help="down: connection refused; up; errors: VALUE share answered 503; throttle: 429 "
-        "with Retry-After VALUE s; reject: the next VALUE requests rejected; slow: VALUE s "
-        "latency; ok: clear everything",
+        help="down: connection refused; up: listen again; errors: answer a share with 503; "
+        "throttle: answer 429 with Retry-After; reject: the next valid requests get the "
+        "vendor's rejection; slow: latency before each answer; ok: clear every fault",
     )
-    fault.add_argument("value", nargs="?", type=float, help="the mode's number (see mode)")
+    fault.add_argument("value", nargs="?", metavar="VALUE", help=value_help().replace("%", "%%"))
     fault.add_argument("--state", metavar="FILE", help="dev mode's state file (default: its own)")
     fault.add_argument("--control", metavar="URL", help="the control endpoint instead of --state")
     fault.set_defaults(func=cmd_fault)

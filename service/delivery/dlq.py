@@ -22,7 +22,17 @@ TRUNCATED_VALUE_BYTES = 64 * 1024
 STUB_KEY_BYTES = 1024
 STUB_ERROR_BYTES = 512
 # The documented set of dead-letter reasons.
-REASONS = ("invalid_event", "rejected", "retries_exhausted", "expired", "unreadable_record")
+REASONS = (
+    "invalid_event",
+    "rejected",
+    "retries_exhausted",
+    "expired",
+    "unreadable_record",
+    # Avro records of a Schema Registry topic: an id the registry does not know, bytes that do
+    # not match their schema (service/core/registry.py).
+    "unknown_schema",
+    "undecodable",
+)
 
 
 class SourceRecord(msgspec.Struct, frozen=True):
@@ -255,9 +265,14 @@ class DeadLetterWriter:
         """The DLQ topic."""
         return self._topic
 
-    async def write(self, letter: DeadLetter) -> None:
-        """Write one dead letter, retrying until acknowledged (cancellation leaves it unwritten)."""
-        shapes = _fits(letter, datetime.now(UTC))
+    async def write(self, letter: DeadLetter, extra: Sequence[tuple[str, bytes]] = ()) -> None:
+        """Write one dead letter, retrying until acknowledged (cancellation leaves it unwritten);
+        `extra` headers (a replay's write-back: relay-* ones its letter carried) go on every
+        shape of it."""
+        shapes = (
+            (k, v, [*h, *extra]) if extra else (k, v, h)
+            for k, v, h in _fits(letter, datetime.now(UTC))
+        )
         key, value, headers = next(shapes)
         backoff_s = self._retry_backoff_s
         where = {"vendor": letter.vendor, "reason": letter.reason}

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import itertools
 import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -32,7 +33,9 @@ from aiokafka.errors import KafkaError, RecordTooLargeError
 from service.config import PipelineConfig
 from service.core import records
 from service.core.exchange import Decision, DecisionKind, VendorRequest
+from service.core.inputs import Input
 from service.core.progress import Progress, encode
+from service.core.registry import SchemaPending
 from service.core.retry import backoff_s, should_retry
 from service.core.routing import SKIP_REASONS
 from service.core.window import PartitionWindow
@@ -42,6 +45,7 @@ from service.delivery.flow import FlowControl
 from service.delivery.sender import Attempts, Sender
 from service.delivery.stages import TOMBSTONE, RecordPath, Terminal
 from service.delivery.supervisor import TaskSupervisor
+from service.delivery.tracing import VendorTracer
 from service.errors import INVALID_KINDS
 from service.kafka import coordinator_known
 from service.logs import redact
@@ -49,7 +53,7 @@ from service.metrics import OUTCOMES, Metrics
 from service.vendors.base import Outcome, OutcomeKind, VendorBase
 
 log = logging.getLogger("conversion_relay.pipeline")
-_WARNED_BEFORE = frozenset({"invalid_event", "unreadable_record"})
+_WARNED_BEFORE = frozenset({"invalid_event", "unreadable_record", "unknown_schema", "undecodable"})
 # A fetch task that dies this many times in a row ends the pipeline (its owner starts a fresh
 # consumer, as after the broker vanished).
 _FETCH_ESCALATE_AFTER = 5
@@ -97,6 +101,9 @@ class Consumer(Protocol):
 
     def resume(self, *partitions: TopicPartition) -> None:
         """Fetch these partitions again."""
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        """Fetch this partition from `offset` next (an operator's reset)."""
 
 
 Restored = tuple[int | None, Progress | None]  # (committed offset, progress seen from it)
@@ -155,6 +162,7 @@ class Work(Attempts, gc=False, kw_only=True):
     event_id: str | None = None
     occurred_s: float = 0.0
     request: VendorRequest | None = None
+    span: Any = None  # its delivery's trace span across retries (`tracing.enabled` only)
 
     def is_current(self) -> bool:
         """Whether its partition is still assigned as when it was fetched (same epoch), and the
@@ -245,8 +253,11 @@ class VendorPipeline:
         accept: Callable[[Any], str | None] | None = None,
         dedup: DedupStore | None = None,
         progress: ProgressStore | None = None,
+        inputs: Mapping[str, Input] | None = None,
+        tracer: VendorTracer | None = None,
     ) -> None:
         self.vendor = vendor
+        self._tracer = tracer  # None unless `tracing.enabled`: then each try goes through it
         self._config = config
         self._sender = sender
         self._adapter = sender.adapter  # the stages' adapter (tests wrap its build)
@@ -270,6 +281,8 @@ class VendorPipeline:
             now,
             accept=accept,  # replay's filter: None to process a record, or why it is passed over
             dedup=dedup,
+            inputs=inputs,  # topics of a producer's own events: how each becomes an event
+            dlq_topic=dlq.topic,
         )
         self._queue = WorkQueue()
         self._windows: dict[TopicPartition, PartitionWindow] = {}
@@ -286,6 +299,15 @@ class VendorPipeline:
         self._progress = asyncio.Event()  # set whenever a worker finishes a step
         self._advanced = asyncio.Event()  # set when a partition's progress changed
         self._stopping = asyncio.Event()
+        # Paused by an operator (the control topic, fleet-wide): fetch nothing, start nothing.
+        self.operator_paused = False
+        self._unheld = asyncio.Event()
+        self._unheld.set()
+        # Stretches an operator's backward reset sends again past dedup: [from, until) offsets.
+        self.resend: dict[TopicPartition, tuple[int, int]] = {}
+        # An operator's reset, kept while paused for partitions this pipeline is assigned later.
+        self._reset_pending: dict[TopicPartition, int] = {}
+        self._plain_path: RecordPath | None = None
         self.joined = False
         self.last_error = ""
         self._flow = FlowControl(consumer, settings, metrics.paused.labels(vendor))
@@ -374,6 +396,72 @@ class VendorPipeline:
         """The partitions this pipeline owns now."""
         return sorted(self._windows, key=lambda tp: (tp.topic, tp.partition))
 
+    def hold(self, paused: bool) -> None:
+        """Pause (True) or resume (False) this vendor by an operator's order: every partition
+        paused (the group is still polled), records not yet started wait."""
+        self.operator_paused = paused
+        if paused:
+            self._unheld.clear()
+        else:
+            self._reset_pending = {}
+            self._unheld.set()
+            self._capacity.set()  # the fetch loop re-checks its paused set now
+
+    async def apply_reset(self, offsets: Mapping[TopicPartition, int]) -> list[TopicPartition]:
+        """An operator's offset reset, while paused: each assigned partition named starts over
+        from its new offset (a fresh window, so what was queued or waits on a retry timer for
+        the old one is dropped), committed with no progress above it; returns those moved."""
+        if self.operator_paused:
+            self._reset_pending.update(offsets)
+        moved = [tp for tp in offsets if tp in self._windows]
+        await self._wait_until(
+            lambda: not any(self._windows[tp].active for tp in moved if tp in self._windows),
+            self._settings.revoke_timeout_s,
+        )
+        entries: dict[TopicPartition, tuple[int, str]] = {}
+        for tp in moved:
+            if tp not in self._windows:
+                continue
+            window = PartitionWindow(next(self._next_epoch))
+            window.restore(offsets[tp], None)
+            window.closing = self._stopping.is_set()
+            self._windows[tp] = window
+            self._held.pop(tp, None)
+            self._consumer.seek(tp, offsets[tp])
+            # Not empty: a base-only text, so a broker dropping metadata gets the record too.
+            entries[tp] = (offsets[tp], encode(Progress(offsets[tp]), 4000))
+        if not entries:
+            return []
+        if self._progress_store is not None:
+            # The progress record is rewritten too: an older one above the new offset must not
+            # mark records of the re-delivered stretch as done.
+            await self._progress_store.save(entries)
+        else:
+            await self._consumer.commit({tp: point for tp, (point, _) in entries.items()})
+        log.info(
+            "offsets reset by an operator: %s",
+            sorted(f"{tp.topic}:{tp.partition}@{point}" for tp, (point, _) in entries.items()),
+            extra={"vendor": self.vendor},
+        )
+        return sorted(entries, key=lambda tp: (tp.topic, tp.partition))
+
+    def set_resend(self, marks: Mapping[TopicPartition, tuple[int, int]]) -> None:
+        """The stretches to send again past dedup (an operator's backward reset)."""
+        self.resend.clear()
+        self.resend.update(marks)
+
+    def _resending(self, work: Work) -> bool:
+        stretch = self.resend.get(work.tp)
+        return stretch is not None and stretch[0] <= work.record.offset < stretch[1]
+
+    def _without_dedup(self) -> RecordPath:
+        """The record path with no dedup check (records of a stretch sent again)."""
+        if self._plain_path is None:
+            plain = copy.copy(self._path)
+            plain._dedup = None
+            self._plain_path = plain
+        return self._plain_path
+
     def stop(self) -> None:
         """Begin the drain: stop fetching and starting records, finish the deliveries started,
         commit, leave the group."""
@@ -415,7 +503,7 @@ class VendorPipeline:
             # scrape flushes them itself, but `--workers` files are read by the supervisor.
             metrics.flush()
             self._in_flight_gauge.set(self.in_flight)
-            flow.update(self._windows, self._sender.sending_blocked())
+            flow.update(self._windows, self.operator_paused or self._sender.sending_blocked())
             timeout_ms = POLL_TIMEOUT_MS
             if flow.all_paused:
                 # Nothing to fetch until records finish; still poll, or the group drops us.
@@ -482,8 +570,14 @@ class VendorPipeline:
         items = queue.items
         path, sender, delivered = self._path, self._sender, DecisionKind.DELIVERED
         awaits = path.awaits  # a dedup store doing I/O (Redis) must be awaited
+        tracer = self._tracer
+        resend = self.resend  # changed in place (set_resend)
         while True:
             work = items.popleft() if items else await queue.get()
+            if (
+                self.operator_paused
+            ):  # paused by an operator: the record waits here (not yet started)
+                await self._unheld.wait()
             window = windows.get(work.tp)
             if window is None or window.epoch != work.epoch or window.closing:
                 continue  # revoked (the new owner delivers it) or stopping (left in Kafka)
@@ -493,6 +587,9 @@ class VendorPipeline:
                     request = work.request
                     if request is None:
                         read = path.read(work.record)
+                        if isinstance(read, SchemaPending):  # Avro: its schema comes first
+                            self._await_schema(work, read)
+                            continue
                         if isinstance(read, Terminal):
                             await self._finish(work, read)
                             continue
@@ -500,13 +597,21 @@ class VendorPipeline:
                         work.event_id = read.event_id
                         work.occurred_s = read.occurred_at.timestamp()
                         # An in-process dedup store (the default) needs no await.
-                        prepared = await path.prepare(read) if awaits else path.prepare_now(read)
+                        if resend and self._resending(work):
+                            prepared = self._without_dedup().prepare_now(read)
+                        else:
+                            prepared = (
+                                await path.prepare(read) if awaits else path.prepare_now(read)
+                            )
                         del read  # the event is not held through the exchange
                         if isinstance(prepared, Terminal):
                             await self._finish(work, prepared)
                             continue
                         request = work.request = prepared
-                    decision = await sender.deliver(request, work, work.is_current)
+                    if tracer is None:
+                        decision = await sender.deliver(request, work, work.is_current)
+                    else:
+                        decision = await tracer.deliver(sender, request, work)
                     if decision.kind is delivered and decision.outcome is not None:
                         if not self._delivered_now(work):
                             await self._mark(work)
@@ -521,6 +626,12 @@ class VendorPipeline:
             finally:
                 window.active -= 1
                 self._progress.set()
+
+    def _await_schema(self, work: Work, pending: SchemaPending) -> None:
+        """The record goes back in the queue once the registry gave its schema, however long it
+        is down: it stays in its window meanwhile (nothing past it commits), holding no worker,
+        like a record waiting for its retry (revoked meanwhile, the worker drops it)."""
+        pending.when_ready(lambda: self._queue.put(work))
 
     async def _on_bug(self, work: Work, exc: Exception) -> None:
         log.exception(
@@ -795,6 +906,11 @@ class VendorPipeline:
         )
         if store is not None:
             await self._restore(store, fresh)
+        pending = self._reset_pending
+        if self.operator_paused and pending and set(pending) & set(fresh):
+            # Assigned while an operator's reset waits for its partitions (a rebalance took
+            # them meanwhile): still paused, so nothing moved since; apply it to them too.
+            await self.apply_reset({tp: pending[tp] for tp in fresh if tp in pending})
 
     async def _restore(
         self, store: ProgressStore, fresh: dict[TopicPartition, PartitionWindow]

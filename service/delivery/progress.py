@@ -40,6 +40,7 @@ _TOPIC_EXISTS = 36
 # without it (records then already delivered may be delivered again, as before progress).
 _CATCH_UP_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 5.0
+_READER_STOP_S = 1.0
 
 Restored = tuple[int | None, Progress | None]  # (committed offset, progress seen from it)
 
@@ -215,8 +216,11 @@ class ProgressBook:
     async def close(self) -> None:
         """Stop the progress topic's reader, and its producer if this book started it."""
         if self._reader is not None:
-            await self._reader.stop()
-            self._reader = None
+            reader, self._reader = self._reader, None
+            # In no group (nothing to commit or leave): bounded, so a stuck broker cannot hold
+            # the stop.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(reader.stop(), _READER_STOP_S)
         if self._own_producer is not None:
             producer, self._own_producer = self._own_producer, None
             self._producer = None

@@ -1,49 +1,89 @@
-"""Dead-letter inspection and replay.
+"""Dead-letter inspection and replay, on Kafka's own primitives.
 
-`inspect` reads the DLQ topic from its start to its current end (no consumer group) and lists or
-aggregates the letters. `replay` plans first: it takes the DLQ's end offsets, reads up to them,
-and selects the letters of its vendor that match the filter and that no earlier replay handled.
-Then it feeds exactly those letters, and nothing past the end offsets, through the vendor's
-pipeline. Progress is kept in the DLQ itself: once the pipeline has finished a letter (delivered,
-or written back as a new letter), the replay appends a small *replay mark* naming the letters it
-handled, so a later or resumed replay skips them, whatever filter it has, and a filtered replay
-never hides a letter it did not match.
+`inspect` streams the DLQ topic from its start to its current end (no group) and counts or
+lists the letters. A replay of a vendor is a member of that vendor's replay group
+(`<group_prefix>.<vendor>.replay`): two replays of one vendor at once share the DLQ's partitions
+instead of both sending everything. Its progress is the group's committed offset per partition
+plus the offsets done above it (service.core.progress, kept with the commit or, on a broker that
+drops commit metadata, in the compacted progress topic: service.delivery.progress). A letter is
+*retired* for its vendor once that vendor's replay finished it (delivered, skipped, or written
+back as a new letter) or `dlq discard` retired it; the rest are open.
+
+Each run first takes the DLQ's end offsets and reads nothing at or past them (so it never sees
+its own write-backs). It plans in two streaming passes, memory bounded whatever the DLQ size:
+the first collects what retires letters besides the group's progress, namely the replay marks
+older versions appended to the DLQ (honoured until the group's commit point passes them) and
+write-backs whose letter the progress does not show retired (`relay-replay-of`: a run that
+died between a write-back and the progress that retires its letter; the write-back supersedes
+it); the second counts the open letters the filter takes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import logging
 import re
+import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 
 from service.config import KafkaConfig
+from service.core.progress import Progress, decode, encode
+from service.core.replay_lane import Lane, Verdict, span_for
 from service.delivery.dlq import (
     RELAY_PREFIX,
     DeadLetter,
     DeadLetterWriter,
-    RecordProducer,
     SourceRecord,
     parse_headers,
     to_headers,
 )
-from service.kafka import client_kwargs
+from service.delivery.progress import GroupProgress, ProgressBook, Restored
+from service.kafka import client_kwargs, consumer_kwargs, producer_kwargs
 
+log = logging.getLogger("conversion_relay.replay")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-# A replay mark: which letters (of one DLQ partition) a replay for one vendor has finished.
+# A replay mark (written by versions before replay groups; read, never written, now).
 MARK_VENDOR = "relay-replay-vendor"
 MARK_LETTERS = "relay-replay-letters"  # "<partition>:<ranges>", ranges like "0-41,45,47-90"
 MARK_AT = "relay-replayed-at"
-# Empty polls at a partition's end before its missing planned letters count as deleted
-# (aiokafka's position can run ahead of what getmany returned while records are buffered).
-_GONE_AFTER_EMPTY_POLLS = 10
+# On a write-back: the DLQ position (`<partition>:<offset>`) of the letter it replaces.
+REPLAY_OF = "relay-replay-of"
+# The relay-* headers a write-back gets from its letter as they were (to_headers writes the rest).
+_WRITTEN = frozenset(
+    name
+    for name, _ in to_headers(
+        DeadLetter(
+            vendor="",
+            reason="",
+            error="",
+            source=SourceRecord("", 0, 0, None, None),
+            http_status=0,
+            first_attempt_at=datetime.now(UTC),
+            last_attempt_at=datetime.now(UTC),
+        ),
+        datetime.now(UTC),
+    )
+)
+# A plan shows this many letters as rows; the rest are counted.
+PLAN_SAMPLE = 10
+# The most a streaming read fetches at once (per partition and per request).
+_STREAM_FETCH_BYTES = 256 * 1024
+# How often a replay commits the progress of what it only read (not this vendor's, retired).
+_SAVE_EVERY_S = 1.0
+
+
+def replay_group(kafka: KafkaConfig, vendor: str) -> str:
+    """The consumer group of a vendor's replays."""
+    return f"{kafka.group_prefix}.{vendor}.replay"
 
 
 class LetterInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,7 +99,7 @@ class LetterInfo(msgspec.Struct, frozen=True, kw_only=True):
     dlq_partition: int
     dlq_offset: int
     event_id: str | None = None
-    replayed: bool = False  # a replay for its vendor has finished it (see replay marks)
+    replayed: bool = False  # retired for its vendor (replayed or discarded)
 
 
 class LetterFilter(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,12 +109,15 @@ class LetterFilter(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    event_id: str | None = None
 
     def matches(self, info: LetterInfo) -> bool:
         """Whether a letter passes every given criterion."""
         if self.vendor is not None and info.vendor != self.vendor:
             return False
         if self.reason is not None and info.reason != self.reason:
+            return False
+        if self.event_id is not None and info.event_id != self.event_id:
             return False
         if self.since is not None and (info.failed_at is None or info.failed_at < self.since):
             return False
@@ -139,7 +182,7 @@ def letter_info(record: Any, replayed: bool = False) -> LetterInfo:
     )
 
 
-# ---- replay marks ------------------------------------------------------------------------------
+# ---- replay marks (legacy) ---------------------------------------------------------------------
 
 
 def encode_ranges(offsets: Iterable[int]) -> str:
@@ -158,15 +201,25 @@ def encode_ranges(offsets: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-def decode_ranges(text: str) -> set[int]:
-    """The offsets of `encode_ranges` text; unreadable parts are ignored (marks are data)."""
-    offsets: set[int] = set()
+def range_pairs(text: str) -> list[tuple[int, int]]:
+    """The (first, last) pairs of `encode_ranges` text, never expanded; unreadable parts are
+    ignored (marks are data)."""
+    pairs = []
     for part in text.split(","):
         low, _, high = part.strip().partition("-")
         if not low.isdigit() or (high and not high.isdigit()):
             continue
         first, last = int(low), int(high or low)
-        if 0 <= last - first <= 10_000_000:
+        if first <= last:
+            pairs.append((first, last))
+    return pairs
+
+
+def decode_ranges(text: str) -> set[int]:
+    """The offsets of `encode_ranges` text (small texts only: tests and tools)."""
+    offsets: set[int] = set()
+    for first, last in range_pairs(text):
+        if last - first <= 10_000_000:
             offsets.update(range(first, last + 1))
     return offsets
 
@@ -174,7 +227,7 @@ def decode_ranges(text: str) -> set[int]:
 def mark_headers(
     vendor: str, partition: int, offsets: Iterable[int], at: datetime
 ) -> list[tuple[str, bytes]]:
-    """The headers of a replay mark: this vendor's replay finished these letters."""
+    """The headers of a replay mark as versions before replay groups wrote them."""
     return [
         (MARK_VENDOR, vendor.encode()),
         (MARK_LETTERS, f"{partition}:{encode_ranges(offsets)}".encode()),
@@ -182,8 +235,7 @@ def mark_headers(
     ]
 
 
-def parse_mark(headers: Iterable[tuple[Any, Any]]) -> tuple[str, int, set[int]] | None:
-    """(vendor, partition, offsets) of a replay mark, or None when the record is a letter."""
+def _mark_parts(headers: Iterable[tuple[Any, Any]]) -> tuple[str, int, str] | None:
     found: dict[str, str] = {}
     for key, value in headers or ():
         name = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
@@ -192,9 +244,113 @@ def parse_mark(headers: Iterable[tuple[Any, Any]]) -> tuple[str, int, set[int]] 
     if MARK_LETTERS not in found:
         return None
     partition, _, ranges = found[MARK_LETTERS].partition(":")
-    if not partition.isdigit():
-        return found.get(MARK_VENDOR, ""), -1, set()
-    return found.get(MARK_VENDOR, ""), int(partition), decode_ranges(ranges)
+    return found.get(MARK_VENDOR, ""), int(partition) if partition.isdigit() else -1, ranges
+
+
+def parse_mark(headers: Iterable[tuple[Any, Any]]) -> tuple[str, int, set[int]] | None:
+    """(vendor, partition, offsets) of a replay mark, or None when the record is a letter."""
+    parts = _mark_parts(headers)
+    if parts is None:
+        return None
+    vendor, partition, ranges = parts
+    return vendor, partition, decode_ranges(ranges) if partition >= 0 else set()
+
+
+class Intervals:
+    """Offsets as merged (first, last) intervals: a mark naming a million offsets is one pair."""
+
+    __slots__ = ("_firsts", "_lasts", "_pairs")
+
+    def __init__(self) -> None:
+        self._pairs: list[tuple[int, int]] = []
+        self._firsts: list[int] = []
+        self._lasts: list[int] = []
+
+    def add(self, first: int, last: int) -> None:
+        """Add [first, last] (call `seal` before asking)."""
+        self._pairs.append((first, last))
+
+    def seal(self) -> None:
+        """Merge what was added."""
+        merged: list[tuple[int, int]] = []
+        for first, last in sorted(self._pairs):
+            if merged and first <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+            else:
+                merged.append((first, last))
+        self._pairs = merged
+        self._firsts = [f for f, _ in merged]
+        self._lasts = [last for _, last in merged]
+
+    def __contains__(self, offset: object) -> bool:
+        if not isinstance(offset, int):
+            return False
+        i = bisect.bisect_right(self._firsts, offset) - 1
+        return i >= 0 and offset <= self._lasts[i]
+
+
+# ---- what retires letters ----------------------------------------------------------------------
+
+
+class Retired:
+    """Per vendor and DLQ partition: the replay group's commit point and progress above it,
+    legacy replay marks, and letters superseded by a write-back the progress does not show."""
+
+    def __init__(self) -> None:
+        self.points: dict[tuple[str, int], int] = {}  # (vendor, partition) → committed offset
+        self.done: dict[tuple[str, int], frozenset[int]] = {}  # done above the commit point
+        self.marks: dict[tuple[str, int], Intervals] = {}
+        self.superseded: set[tuple[str, int, int]] = set()
+
+    def by_progress(self, vendor: str, partition: int, offset: int) -> bool:
+        """Whether the vendor's replay group has this letter done."""
+        point = self.points.get((vendor, partition))
+        if point is not None and offset < point:
+            return True
+        return offset in self.done.get((vendor, partition), frozenset())
+
+    def __call__(self, vendor: str, partition: int, offset: int) -> bool:
+        """Whether the letter is retired for its vendor."""
+        if self.by_progress(vendor, partition, offset):
+            return True
+        marks = self.marks.get((vendor, partition))
+        if marks is not None and offset in marks:
+            return True
+        return (vendor, partition, offset) in self.superseded
+
+    def start(self, vendor: str, partition: int) -> int:
+        """The first offset a vendor's replay has to read in a partition."""
+        return self.points.get((vendor, partition), 0)
+
+
+def replay_of(headers: Iterable[tuple[Any, Any]]) -> tuple[int, int] | None:
+    """The DLQ position a write-back replaces, if it names one."""
+    for key, value in headers or ():
+        if key == REPLAY_OF and isinstance(value, bytes):
+            partition, _, offset = value.decode("ascii", "replace").partition(":")
+            if partition.isdigit() and offset.isdigit():
+                return int(partition), int(offset)
+    return None
+
+
+async def load_progress(
+    kafka: KafkaConfig, vendor: str, partitions: Iterable[TopicPartition], retired: Retired
+) -> None:
+    """Read a vendor's replay group's committed offsets and progress into `retired`."""
+    group = replay_group(kafka, vendor)
+    consumer = AIOKafkaConsumer(**client_kwargs(kafka), group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    book = ProgressBook(kafka, None)
+    try:
+        loaded = await GroupProgress(consumer, group, book).load(list(partitions))
+    finally:
+        await book.close()
+        await consumer.stop()
+    for tp, (offset, kept) in loaded.items():
+        if offset is not None:
+            retired.points[(vendor, tp.partition)] = offset
+        if kept is not None:
+            retired.done[(vendor, tp.partition)] = frozenset(kept.done)
 
 
 # ---- reading the DLQ ---------------------------------------------------------------------------
@@ -241,75 +397,206 @@ async def end_offsets(
     kafka: KafkaConfig, topic: str, timeout_s: float = 5.0
 ) -> dict[TopicPartition, int]:
     """The current end offset of every partition of a topic."""
-    consumer = await _assigned_consumer(kafka, topic, max_partition_fetch_bytes=1024)
+    # A small fetch: it is only read for its high watermark (the embedded broker answers a
+    # partition limit alone with everything it has, so the request's limit is small too).
+    consumer = await _assigned_consumer(
+        kafka, topic, max_partition_fetch_bytes=1024, fetch_max_bytes=1024
+    )
     try:
         return await _high_watermarks(consumer, timeout_s)
     finally:
         await consumer.stop()
 
 
-async def _read_records(
-    kafka: KafkaConfig, topic: str, ends: dict[TopicPartition, int]
-) -> list[Any]:
-    """Every record below the given end offsets."""
-    consumer = await _assigned_consumer(kafka, topic)
-    found: list[Any] = []
+async def stream_records(
+    kafka: KafkaConfig,
+    topic: str,
+    ends: dict[TopicPartition, int],
+    starts: Callable[[TopicPartition], int] | None = None,
+) -> AsyncIterator[Any]:
+    """Every record from each partition's start (its beginning by default) below its end, in
+    batches, holding none. A partition is read once the consumer's position reached its end with
+    nothing more returned: an emptied partition (log start = end, retention) ends at once, and
+    records retention deletes meanwhile are simply not there."""
+    # Small fetches: what is buffered ahead of the reader, not the DLQ's size, bounds memory.
+    consumer = await _assigned_consumer(
+        kafka,
+        topic,
+        max_partition_fetch_bytes=_STREAM_FETCH_BYTES,
+        fetch_max_bytes=_STREAM_FETCH_BYTES,
+    )
     try:
+        if starts is not None:
+            for tp in ends:
+                start = starts(tp)
+                if start > 0:
+                    consumer.seek(tp, start)
         pending = {tp for tp, end in ends.items() if end > 0}
         while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=500)
+            batch = await consumer.getmany(*pending, timeout_ms=200)
             for tp, records in batch.items():
-                found.extend(r for r in records if r.offset < ends[tp])
-                # position() may run ahead of what was returned; the last offset seen may not
-                if records and records[-1].offset + 1 >= ends[tp]:
+                end = ends[tp]
+                for record in records:
+                    if record.offset < end:
+                        yield record
+                if records and records[-1].offset + 1 >= end:
                     pending.discard(tp)
-        return found
+            for tp in list(pending):
+                if not batch.get(tp) and await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
     finally:
         await consumer.stop()
 
 
+def _is_mark(record: Any) -> bool:
+    return _mark_parts(record.headers or ()) is not None
+
+
+async def collect_retired(
+    kafka: KafkaConfig,
+    topic: str,
+    ends: dict[TopicPartition, int],
+    vendors: Sequence[str],
+) -> Retired:
+    """What retires letters for these vendors: their replay groups' progress, then one pass for
+    legacy marks and superseding write-backs (only those the progress does not cover are kept)."""
+    retired = Retired()
+    for vendor in vendors:
+        await load_progress(kafka, vendor, ends, retired)
+
+    def start(tp: TopicPartition) -> int:
+        return min((retired.start(v, tp.partition) for v in vendors), default=0)
+
+    async for record in stream_records(kafka, topic, ends, starts=start):
+        headers = record.headers or ()
+        parts = _mark_parts(headers)
+        if parts is not None:
+            vendor, partition, ranges = parts
+            if partition >= 0 and vendor in vendors:
+                marks = retired.marks.setdefault((vendor, partition), Intervals())
+                for low, high in range_pairs(ranges):
+                    marks.add(low, high)
+            continue
+        target = replay_of(headers)
+        if target is not None:
+            vendor = parse_headers(headers).vendor
+            if not retired.by_progress(vendor, *target):
+                retired.superseded.add((vendor, *target))
+    for marks in retired.marks.values():
+        marks.seal()
+    return retired
+
+
 def letters_of(records: Iterable[Any]) -> list[LetterInfo]:
-    """The letters among DLQ records, each flagged when a replay mark of its vendor covers it."""
+    """The letters among DLQ records (a list), each flagged when a legacy replay mark of its
+    vendor among them covers it."""
     records = list(records)
-    handled: set[tuple[str, int, int]] = set()
+    marks: dict[tuple[str, int], Intervals] = {}
     for record in records:
-        mark = parse_mark(record.headers or ())
-        if mark is not None:
-            vendor, partition, offsets = mark
-            handled.update((vendor, partition, offset) for offset in offsets)
+        parts = _mark_parts(record.headers or ())
+        if parts is not None and parts[1] >= 0:
+            covered = marks.setdefault((parts[0], parts[1]), Intervals())
+            for low, high in range_pairs(parts[2]):
+                covered.add(low, high)
+    for covered in marks.values():
+        covered.seal()
     letters = []
     for record in records:
-        if parse_mark(record.headers or ()) is not None:
+        if _is_mark(record):
             continue
         info = letter_info(record)
-        if (info.vendor, info.dlq_partition, info.dlq_offset) in handled:
+        of_vendor = marks.get((info.vendor, info.dlq_partition))
+        if of_vendor is not None and info.dlq_offset in of_vendor:
             info = msgspec.structs.replace(info, replayed=True)
         letters.append(info)
     return letters
 
 
-async def read_letters(kafka: KafkaConfig, topic: str) -> list[LetterInfo]:
-    """Every letter from the start of the DLQ topic to its end as of now (marks applied)."""
-    return letters_of(await _read_records(kafka, topic, await end_offsets(kafka, topic)))
+async def iter_letters(
+    kafka: KafkaConfig,
+    topic: str,
+    vendors: Sequence[str] | None = None,
+    ends: dict[TopicPartition, int] | None = None,
+) -> AsyncIterator[LetterInfo]:
+    """Every letter from the start of the DLQ topic to its end as of now (or `ends`), flagged
+    when retired for its vendor (`vendors`: whose replay groups to read; default all seen)."""
+    async for _, info in iter_records(kafka, topic, vendors, ends):
+        yield info
+
+
+async def iter_records(
+    kafka: KafkaConfig,
+    topic: str,
+    vendors: Sequence[str] | None = None,
+    ends: dict[TopicPartition, int] | None = None,
+) -> AsyncIterator[tuple[Any, LetterInfo]]:
+    """`iter_letters` with each letter's record (headers, key and value as stored)."""
+    if ends is None:
+        ends = await end_offsets(kafka, topic)
+    if vendors is None:
+        seen: set[str] = set()
+        async for record in stream_records(kafka, topic, ends):
+            if not _is_mark(record):
+                seen.add(parse_headers(record.headers or ()).vendor)
+        vendors = sorted(v for v in seen if v)
+    retired = await collect_retired(kafka, topic, ends, vendors)
+    async for record in stream_records(kafka, topic, ends):
+        if _is_mark(record):
+            continue
+        info = letter_info(record)
+        if retired(info.vendor, info.dlq_partition, info.dlq_offset):
+            info = msgspec.structs.replace(info, replayed=True)
+        yield record, info
+
+
+async def follow_letters(
+    kafka: KafkaConfig, topic: str, starts: dict[TopicPartition, int]
+) -> AsyncIterator[LetterInfo]:
+    """The letters written from `starts` on, as they arrive, until cancelled (all open: a
+    replay never retires a letter it has not read, and it reads nothing written after it
+    started)."""
+    consumer = await _assigned_consumer(kafka, topic, max_partition_fetch_bytes=_STREAM_FETCH_BYTES)
+    try:
+        for tp, start in starts.items():
+            consumer.seek(tp, start)
+        while True:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    if not _is_mark(record):
+                        yield letter_info(record)
+    finally:
+        await consumer.stop()
+
+
+async def read_letters(
+    kafka: KafkaConfig, topic: str, vendors: Sequence[str] | None = None
+) -> list[LetterInfo]:
+    """`iter_letters` as a list (small DLQs: tests and tools)."""
+    return [info async for info in iter_letters(kafka, topic, vendors)]
 
 
 class ReplayPlan(msgspec.Struct, frozen=True, kw_only=True):
-    """What a replay will do: the DLQ end offsets it stops at and the letters it replays."""
+    """What a replay will do: the DLQ end offsets it stops at, how many letters it replays
+    (counted by reason and status), and the first few of them."""
 
     vendor: str
     ends: dict[int, int]  # DLQ partition → end offset taken when planning
-    letters: list[LetterInfo]  # open letters of the vendor matching the filter, in DLQ order
+    count: int
+    by: list[dict[str, Any]]  # open letters counted by reason and status
+    sample: list[LetterInfo]  # the first PLAN_SAMPLE letters, in DLQ order
+    retired: Any = None  # the Retired read when planning (marks, superseded letters)
 
-    def positions(self) -> dict[int, list[int]]:
-        """The selected letters' offsets per DLQ partition, ascending."""
-        by_partition: dict[int, list[int]] = {}
-        for info in self.letters:
-            by_partition.setdefault(info.dlq_partition, []).append(info.dlq_offset)
-        return {p: sorted(offsets) for p, offsets in by_partition.items()}
+
+def take(info: LetterInfo, vendor: str, wanted: LetterFilter, retired: Retired) -> bool:
+    """Whether a replay for `vendor` sends this letter: its own, open, matching."""
+    if info.vendor != vendor or retired(vendor, info.dlq_partition, info.dlq_offset):
+        return False
+    return msgspec.structs.replace(wanted, vendor=vendor).matches(info)
 
 
 def select(letters: Iterable[LetterInfo], vendor: str, wanted: LetterFilter) -> list[LetterInfo]:
-    """The letters a replay for `vendor` takes: its own, matching, and not yet replayed."""
+    """The letters a replay for `vendor` takes from a list: its own, matching, not retired."""
     only_vendor = msgspec.structs.replace(wanted, vendor=vendor)
     return [i for i in letters if not i.replayed and only_vendor.matches(i)]
 
@@ -317,42 +604,67 @@ def select(letters: Iterable[LetterInfo], vendor: str, wanted: LetterFilter) -> 
 async def plan_replay(
     kafka: KafkaConfig, topic: str, vendor: str, wanted: LetterFilter
 ) -> ReplayPlan:
-    """Take the DLQ's end offsets, read up to them, select; dry run and real run both use this."""
+    """Take the DLQ's end offsets, stream up to them, count; dry run and real run both use it."""
     ends = await end_offsets(kafka, topic)
-    letters = letters_of(await _read_records(kafka, topic, ends))
+    retired = await collect_retired(kafka, topic, ends, [vendor])
+    counts: Counter[tuple[str, int | None]] = Counter()
+    sample: list[LetterInfo] = []
+    async for record in stream_records(
+        kafka, topic, ends, starts=lambda tp: retired.start(vendor, tp.partition)
+    ):
+        if _is_mark(record):
+            continue
+        info = letter_info(record)
+        if not take(info, vendor, wanted, retired):
+            continue
+        counts[(info.reason, info.http_status)] += 1
+        if len(sample) < PLAN_SAMPLE:
+            sample.append(info)
+    by = [
+        {"reason": reason or None, "status": status, "count": n}
+        for (reason, status), n in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
+    ]
     return ReplayPlan(
         vendor=vendor,
         ends={tp.partition: end for tp, end in ends.items()},
-        letters=select(letters, vendor, wanted),
+        count=sum(counts.values()),
+        by=by,
+        sample=sample,
+        retired=retired,
     )
 
 
-def aggregate(letters: Iterable[LetterInfo], by: Sequence[str]) -> list[dict[str, Any]]:
-    """Count letters per combination of fields (vendor, reason, status, state, hour, day)."""
+def group_key(info: LetterInfo, by: Sequence[str]) -> tuple[str | int | None, ...]:
+    """A letter's values of the fields it is counted by (vendor, reason, status, state, ...)."""
+    values: list[str | int | None] = []
+    for field in by:
+        if field == "status":
+            values.append(info.http_status)
+        elif field == "state":
+            values.append("replayed" if info.replayed else "open")
+        elif field in ("hour", "day"):
+            fmt = "%Y-%m-%dT%H:00Z" if field == "hour" else "%Y-%m-%d"
+            values.append(info.failed_at.astimezone(UTC).strftime(fmt) if info.failed_at else None)
+        else:
+            values.append(getattr(info, field) or None)
+    return tuple(values)
 
-    def key(info: LetterInfo) -> tuple[str | int | None, ...]:
-        values: list[str | int | None] = []
-        for field in by:
-            if field == "status":
-                values.append(info.http_status)
-            elif field == "state":
-                values.append("replayed" if info.replayed else "open")
-            elif field in ("hour", "day"):
-                fmt = "%Y-%m-%dT%H:00Z" if field == "hour" else "%Y-%m-%d"
-                values.append(
-                    info.failed_at.astimezone(UTC).strftime(fmt) if info.failed_at else None
-                )
-            else:
-                values.append(getattr(info, field) or None)
-        return tuple(values)
 
-    counts = Counter(key(info) for info in letters)
+def count_rows(
+    counts: Counter[tuple[str | int | None, ...]], by: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Rows of counts per combination of fields, largest first (ties by value)."""
     return [
         {**dict(zip(by, k, strict=True)), "count": n}
         for k, n in sorted(
             counts.items(), key=lambda item: (-item[1], tuple(str(v) for v in item[0]))
         )
     ]
+
+
+def aggregate(letters: Iterable[LetterInfo], by: Sequence[str]) -> list[dict[str, Any]]:
+    """Count letters per combination of fields (vendor, reason, status, state, hour, day)."""
+    return count_rows(Counter(group_key(info, by) for info in letters), by)
 
 
 AGGREGATE_FIELDS = ("vendor", "reason", "status", "hour", "day")
@@ -375,12 +687,23 @@ class _Letter(msgspec.Struct, frozen=True):
 
 def canonical(record: Any) -> _Letter:
     """The record with its relay-* headers rewritten by the one codec, so a null, non-UTF-8 or
-    missing header can neither break the pipeline nor be copied into a write-back."""
+    missing header can neither break the pipeline nor be copied into a write-back; the relay-*
+    headers the codec does not write (`relay-value-truncated-from`, ...) are kept as they are,
+    and `relay-replay-of` names this letter's DLQ position for a write-back to carry."""
     parsed = parse_headers(record.headers or ())
     kept = [
         (k, v)
         for k, v in record.headers or ()
         if isinstance(k, str) and isinstance(v, bytes) and not k.startswith(RELAY_PREFIX)
+    ]
+    extra = [
+        (k, v)
+        for k, v in record.headers or ()
+        if isinstance(k, str)
+        and isinstance(v, bytes)
+        and k.startswith(RELAY_PREFIX)
+        and k not in _WRITTEN
+        and k != REPLAY_OF
     ]
     topic, partition, offset = parsed.source_topic, parsed.source_partition, parsed.source_offset
     if topic is None or partition is None or offset is None:
@@ -398,161 +721,177 @@ def canonical(record: Any) -> _Letter:
         last_attempt_at=parsed.last_attempt_at,
     )
     failed_at = parsed.failed_at or datetime.fromtimestamp(0, UTC)
+    headers = to_headers(letter, failed_at)
+    headers += extra
+    headers.append((REPLAY_OF, f"{record.partition}:{record.offset}".encode()))
     return _Letter(
         record.topic,
         record.partition,
         record.offset,
         record.key,
         record.value,
-        to_headers(letter, failed_at),
+        headers,
         getattr(record, "timestamp", None),
     )
 
 
-class ReplayConsumer:
-    """The consumer a replay gives the vendor's pipeline: only the planned letters, never a
-    record at or past the end offsets taken when planning, and `commit` appends replay marks.
+class ReplaySource:
+    """The consumer a replay gives the vendor's pipeline: a member of the vendor's replay group
+    on the DLQ topic that feeds only the letters to send, never a record at or past the end
+    offsets taken when planning, and keeps the group's progress exactly (service.core.replay_lane).
 
-    It stands in for aiokafka's consumer (the methods the pipeline calls), assigned rather than
-    subscribed: a replay joins no consumer group, so it can hide nothing from a later one.
+    It also is the pipeline's progress store (`save`/`load`): the pipeline says which fed
+    letters finished, this commits the group's offsets and progress above them.
     """
 
     def __init__(
         self,
         kafka: KafkaConfig,
         topic: str,
+        vendor: str,
+        wanted: LetterFilter,
         plan: ReplayPlan,
-        producer: RecordProducer,
-        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        producer: Any,
     ) -> None:
-        self._kafka = kafka
         self._topic = topic
-        self._vendor = plan.vendor
-        self._producer = producer
-        self._now = now
-        self._wanted = {TopicPartition(topic, p): offs for p, offs in plan.positions().items()}
-        self._wanted_sets = {tp: set(offs) for tp, offs in self._wanted.items()}
+        self._vendor = vendor
+        self._wanted = msgspec.structs.replace(wanted, vendor=vendor)
+        self._retired: Retired = plan.retired if plan.retired is not None else Retired()
         self._ends = {TopicPartition(topic, p): end for p, end in plan.ends.items()}
-        self._marked: dict[TopicPartition, int] = {}  # commit point already marked
-        self._fetching = set(self._wanted)
-        self._seen: dict[TopicPartition, int] = {}  # last offset fetched per partition
-        self._empty: dict[TopicPartition, int] = {}  # consecutive empty polls at the end
-        self._consumer: AIOKafkaConsumer | None = None
+        self.group = replay_group(kafka, vendor)
+        kwargs = consumer_kwargs(kafka, self.group)
+        kwargs["auto_offset_reset"] = "earliest"
+        # Small fetches: a replay is not throughput-bound by them, and what aiokafka buffers
+        # ahead (raw and decoded) is most of its memory (127.8 → 101.7 MiB peak over 5,000).
+        kwargs["fetch_max_bytes"] = min(kafka.fetch_max_bytes, _STREAM_FETCH_BYTES)
+        kwargs["max_partition_fetch_bytes"] = _STREAM_FETCH_BYTES
+        self._consumer = AIOKafkaConsumer(**kwargs)
+        # The progress topic gets a producer of its own: the embedded Tansu answers a metadata
+        # request for two topics with one, and the write-back producer would lose its topic.
+        self._book = ProgressBook(kafka, None, make_producer=lambda: _started_producer(kafka))
+        self._group = GroupProgress(self._consumer, self.group, self._book)
+        self._span = span_for(self._book.max_chars)
+        self.lanes: dict[TopicPartition, Lane] = {}
         self._listener: Any = None
-        self.done = 0  # letters finished and marked
-        self.gone = 0  # planned letters no longer in the topic (retention deleted them)
+        self._flow_paused: set[TopicPartition] = set()
+        self._stopping = False
+        self._last_save_s = 0.0
+        self.assigned_once = False
+        self._rebalancing = False  # between a revocation and the assignment that follows
         self.finished = asyncio.Event()
-        if not self._wanted:
-            self.finished.set()
+        self.sent = 0  # letters this run finished (delivered, skipped or written back)
+        self.left_in_flight = 0  # letters fed and not finished when the run stopped
 
-    @property
-    def total(self) -> int:
-        """How many letters this replay handles."""
-        return sum(len(offsets) for offsets in self._wanted.values())
+    # ---- the pipeline's consumer -----------------------------------------------------------
 
     def subscribe(self, topics: list[str], listener: Any = None) -> None:
-        """Remember the pipeline's rebalance listener (the topic is the DLQ's, fixed)."""
+        """Join the vendor's replay group on the DLQ topic; the pipeline's listener is told
+        after the partitions' progress was read."""
         self._listener = listener
+        self._consumer.subscribe([self._topic], listener=_Rebalance(self))
 
     async def start(self) -> None:
-        """Assign the planned partitions, seek to each one's first letter, tell the pipeline."""
-        consumer = await _assigned_consumer(self._kafka, self._topic)
-        self._consumer = consumer
-        consumer.assign(list(self._wanted))
-        for tp, offsets in self._wanted.items():
-            consumer.seek(tp, offsets[0])
-        if self._listener is not None:
-            await self._listener.on_partitions_assigned(set(self._wanted))
+        """Connect and join."""
+        await self._consumer.start()
 
     def assignment(self) -> set[TopicPartition]:
-        """The partitions that hold planned letters."""
-        return set(self._wanted)
+        """The partitions this member owns."""
+        return set(self.lanes)
+
+    def stop_feeding(self) -> None:
+        """Stop: no letter is fed any more (in-flight ones finish in the pipeline's grace)."""
+        self._stopping = True
 
     async def getmany(
         self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[TopicPartition, list[_Letter]]:
-        """The next planned letters; nothing at or past the end offsets, nothing unplanned."""
-        if self._consumer is None or not self._fetching:
-            await asyncio.sleep(timeout_ms / 1000)
-            return {}
-        batch = await self._consumer.getmany(
-            *self._fetching, timeout_ms=timeout_ms, max_records=max_records
-        )
+        """The next letters to send; everything read is classified in its lane."""
+        self._apply_pauses()
+        batch = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         out: dict[TopicPartition, list[_Letter]] = {}
         for tp, records in batch.items():
-            wanted, end, last = self._wanted_sets[tp], self._ends[tp], self._wanted[tp][-1]
-            kept = [
-                canonical(r)
-                for r in records
-                if r.offset < end and r.offset in wanted and parse_mark(r.headers or ()) is None
-            ]
+            lane = self.lanes.get(tp)
+            if lane is None or self._stopping:
+                continue  # revoked meanwhile, or stopping: the next reader gets them again
+            kept = self._classify(tp, lane, records)
             if kept:
                 out[tp] = kept
-            if records:
-                self._count_gone(tp, {k.offset for k in kept}, records[-1].offset)
-            if records and records[-1].offset >= last:
-                self._done_fetching(tp)
-        for tp in list(self._fetching):
-            if tp in batch or await self._consumer.position(tp) < self._ends[tp]:
-                self._empty[tp] = 0
-                continue
-            self._empty[tp] = self._empty.get(tp, 0) + 1
-            if self._empty[tp] >= _GONE_AFTER_EMPTY_POLLS:
-                # Read to the end, nothing buffered, and planned letters never came: retention
-                # removed them; nothing is left to replay of those.
-                seen = self._seen.get(tp, -1)
-                self.gone += sum(1 for o in self._wanted[tp] if o > seen)
-                self._done_fetching(tp)
-        for tp, records in batch.items():
-            if records:
-                self._seen[tp] = records[-1].offset
-        if self.done + self.gone >= self.total:
-            self.finished.set()
+        for tp, lane in self.lanes.items():
+            if (
+                not lane.read_to_end
+                and not batch.get(tp)
+                and tp not in self._paused()
+                and await self._consumer.position(tp) >= lane.end
+            ):
+                lane.reach(lane.end)  # read to the end (or nothing is left there)
+        if time.monotonic() - self._last_save_s >= _SAVE_EVERY_S or self._all_complete():
+            await self.save_lanes()
+        self.check_finished()
         return out
 
-    def _count_gone(self, tp: TopicPartition, fetched: set[int], upto: int) -> None:
-        """Planned letters the fetch went past without feeding are no longer in the topic
-        (retention deleted them), so the run does not wait for them."""
-        offsets = self._wanted[tp]
-        seen = self._seen.get(tp, -1)
-        low, high = bisect.bisect_right(offsets, seen), bisect.bisect_right(offsets, upto)
-        self.gone += sum(1 for o in offsets[low:high] if o not in fetched)
+    def _classify(self, tp: TopicPartition, lane: Lane, records: list[Any]) -> list[_Letter]:
+        kept = []
+        vendor, retired = self._vendor, self._retired
+        for record in records:
+            offset = record.offset
+            if offset < lane.scanned:
+                continue  # fetched again after a seek
+            if offset >= lane.end:
+                lane.reach(lane.end)
+                break
+            if lane.full:  # read this again once the head is done
+                self._consumer.seek(tp, offset)
+                break
+            headers = record.headers or ()
+            if lane.retired(offset) or _mark_parts(headers) is not None:
+                lane.advance(offset, Verdict.DONE)
+                continue
+            info = letter_info(record)
+            if info.vendor != vendor or retired(vendor, record.partition, offset):
+                lane.advance(offset, Verdict.DONE)
+            elif self._wanted.matches(info):
+                lane.advance(offset, Verdict.SEND)
+                kept.append(canonical(record))
+            else:
+                lane.advance(offset, Verdict.HOLD)
+        return kept
 
-    def _done_fetching(self, tp: TopicPartition) -> None:
-        self._fetching.discard(tp)
-        if self._consumer is not None:
-            self._consumer.pause(tp)  # its last planned letter is fetched: read no further
+    def _paused(self) -> set[TopicPartition]:
+        stopped = {tp for tp, lane in self.lanes.items() if lane.full or lane.read_to_end}
+        return self._flow_paused | stopped
+
+    def _apply_pauses(self) -> None:
+        paused = self._paused() if not self._stopping else set(self.lanes)
+        assigned = set(self._consumer.assignment())
+        pause = paused & assigned
+        resume = assigned - paused
+        if pause:
+            self._consumer.pause(*pause)
+        if resume:
+            self._consumer.resume(*resume)
 
     def pause(self, *partitions: TopicPartition) -> None:
-        """Stop fetching (the pipeline is at its in-flight cap or the breaker is open)."""
-        if self._consumer is not None:
-            self._consumer.pause(*partitions)
+        """The pipeline is at its caps for these."""
+        self._flow_paused.update(partitions)
 
     def resume(self, *partitions: TopicPartition) -> None:
-        """Fetch again, except partitions whose letters were all fetched."""
-        if self._consumer is not None:
-            self._consumer.resume(*(tp for tp in partitions if tp in self._fetching))
+        """The pipeline has room for these again."""
+        self._flow_paused.difference_update(partitions)
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        """Every planned letter below these points is finished: append a replay mark for them."""
+        """Fed letters below these points are finished (a pipeline without a store)."""
         for tp, point in offsets.items():
-            below = self._marked.get(tp, -1)
-            newly = [o for o in self._wanted.get(tp, ()) if below <= o < point]
-            if newly:
-                await self._producer.send_and_wait(
-                    self._topic,
-                    value=b"",
-                    partition=tp.partition,
-                    headers=mark_headers(self._vendor, tp.partition, newly, self._now()),
-                )
-                self.done += len(newly)
-            self._marked[tp] = point
-        if self.done + self.gone >= self.total:
-            self.finished.set()
+            lane = self.lanes.get(tp)
+            if lane is not None:
+                for offset in lane.pending:
+                    if offset < point and lane.finish(offset):
+                        self.sent += 1
+        await self.save_lanes()
 
     async def committed(self, tp: TopicPartition) -> int | None:
-        """The point up to which this run marked its letters."""
-        return self._marked.get(tp)
+        """The group's commit point as this member keeps it."""
+        lane = self.lanes.get(tp)
+        return lane.commit_point() if lane is not None else None
 
     async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """The end offsets taken when planning (the replay's end, not the topic's)."""
@@ -563,31 +902,195 @@ class ReplayConsumer:
         return self._ends.get(tp)
 
     async def stop(self) -> None:
-        """Close the underlying consumer."""
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+        """Commit what every lane finished, leave the group, close."""
+        self.left_in_flight = sum(len(lane.pending) for lane in self.lanes.values())
+        await self.save_lanes(force=True)
+        await self._consumer.stop()
+        await self._book.close()
+
+    # ---- the pipeline's progress store -----------------------------------------------------
+
+    @property
+    def max_chars(self) -> int:
+        """The pipeline's own progress text is read here, never sent: no broker limit."""
+        return 1 << 20
+
+    async def save(self, entries: dict[TopicPartition, tuple[int, str]]) -> None:
+        """The pipeline's progress: fed letters below its point, or done above it, finished."""
+        for tp, (point, text) in entries.items():
+            lane = self.lanes.get(tp)
+            if lane is None:
+                continue
+            kept = decode(text)
+            done = set(kept.done) if kept is not None else set()
+            for offset in lane.pending:
+                if (offset < point or offset in done) and lane.finish(offset):
+                    self.sent += 1
+        await self.save_lanes()
+        self.check_finished()
+
+    async def load(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, Restored]:
+        """Nothing for the pipeline to restore: the lanes hold the group's progress."""
+        return {tp: (None, None) for tp in partitions}
+
+    # ---- the group's progress --------------------------------------------------------------
+
+    async def save_lanes(
+        self, lanes: Iterable[TopicPartition] | None = None, force: bool = False
+    ) -> None:
+        """Commit each changed lane's commit point with the offsets done above it."""
+        chosen = list(self.lanes) if lanes is None else [tp for tp in lanes if tp in self.lanes]
+        entries: dict[TopicPartition, tuple[int, str]] = {}
+        marks: dict[TopicPartition, int] = {}
+        for tp in chosen:
+            lane = self.lanes[tp]
+            if not lane.unsaved and not force:
+                continue
+            kept: Progress = lane.progress()
+            entries[tp] = (kept.base, encode(kept, self._book.max_chars))
+            marks[tp] = lane.changes
+        self._last_save_s = time.monotonic()
+        if not entries:
+            return
+        try:
+            await self._group.save(entries)
+        except KafkaError as exc:
+            log.warning("replay progress not committed: %r", exc, extra={"vendor": self._vendor})
+            return
+        for tp, change in marks.items():
+            self.lanes[tp].saved = change
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """The pipeline finishes what it started of these, then their progress is committed."""
+        self._rebalancing = True
+        if self._listener is not None:
+            await self._listener.on_partitions_revoked(revoked)
+        await self.save_lanes(revoked)
+        for tp in revoked:
+            self.lanes.pop(tp, None)
+            self._flow_paused.discard(tp)  # the pipeline forgets its pauses of these too
+        self.check_finished()
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Read the group's progress for new partitions, seek to it, then tell the pipeline."""
+        loaded = await self._group.load(assigned)
+        for tp in assigned:
+            committed, kept = loaded.get(tp, (None, None))
+            base = committed if committed is not None else 0
+            lane = Lane(base, kept.done if kept else (), self._ends.get(tp, 0), self._span)
+            self.lanes[tp] = lane
+            self._consumer.seek(tp, base)
+        self.assigned_once = True
+        self._rebalancing = False
+        if self._listener is not None:
+            await self._listener.on_partitions_assigned(assigned)
+        self.check_finished()
+
+    def _all_complete(self) -> bool:
+        return all(lane.complete for lane in self.lanes.values())
+
+    def check_finished(self) -> None:
+        """Done once this member was assigned (not in the middle of a rebalance: an empty
+        assignment then says nothing) and everything it owns is complete and committed."""
+        if (
+            self.assigned_once
+            and not self._rebalancing
+            and self._all_complete()
+            and not any(lane.unsaved for lane in self.lanes.values())
+        ):
+            self.finished.set()
+
+    def retire(self, tp: TopicPartition, offsets: Iterable[int]) -> None:
+        """Finish fed letters without sending them (`dlq discard`)."""
+        lane = self.lanes.get(tp)
+        if lane is None:
+            return
+        for offset in offsets:
+            if lane.finish(offset):
+                self.sent += 1
+
+    @property
+    def held(self) -> int:
+        """Open letters of the vendor the filter left, in the partitions this member read."""
+        return sum(lane.held for lane in self.lanes.values())
+
+    @property
+    def blocked(self) -> list[int]:
+        """Partitions whose span is full: a filtered replay left letters it cannot read past."""
+        return [
+            tp.partition for tp, lane in self.lanes.items() if lane.full and not lane.read_to_end
+        ]
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: ReplaySource) -> None:
+        self._source = source
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._source.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self._source.on_assigned(set(assigned))
 
 
 class WriteBackWriter(DeadLetterWriter):
     """The replay's dead-letter writer: a letter failing again goes back once, with the new
-    reason and `relay-attempts` increased (a replay counts as an attempt even when it failed
-    before a request was sent, e.g. a mapping the vendor still cannot take)."""
+    reason, `relay-attempts` increased (a replay counts as an attempt even when it failed
+    before a request was sent, e.g. a mapping the vendor still cannot take), every relay-*
+    header the codec does not write kept, and `relay-replay-of` naming the letter it replaces."""
 
-    async def write(self, letter: DeadLetter) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reasons: Counter[str] = Counter()
+
+    async def write(self, letter: DeadLetter, extra: Sequence[tuple[str, bytes]] = ()) -> None:
         """Write the letter with attempts above the replayed letter's."""
-        prior = parse_headers(letter.source.headers).attempts
+        headers = letter.source.headers
+        prior = parse_headers(headers).attempts
         if letter.attempts <= prior:
             letter = msgspec.structs.replace(letter, attempts=prior + 1)
-        await super().write(letter)
+        kept = [
+            (k, v)
+            for k, v in headers
+            if isinstance(k, str)
+            and isinstance(v, bytes)
+            and k.startswith(RELAY_PREFIX)
+            and k not in _WRITTEN
+        ]
+        await super().write(letter, extra=[*kept, *extra])
+        self.reasons[letter.reason] += 1
 
 
-async def wait_done(consumer: ReplayConsumer, stop: asyncio.Event) -> None:
-    """Return once every planned letter is marked, or when stopped."""
-    finished = asyncio.create_task(consumer.finished.wait())
-    stopped = asyncio.create_task(stop.wait())
+async def discard_letters(
+    kafka: KafkaConfig,
+    topic: str,
+    vendor: str,
+    wanted: LetterFilter,
+    plan: ReplayPlan,
+    producer: Any,
+    stop: asyncio.Event,
+) -> ReplaySource:
+    """Retire the open letters a replay with this filter would send, sending nothing: as a
+    member of the vendor's replay group, so a replay running meanwhile never sends them."""
+    source = ReplaySource(kafka, topic, vendor, wanted, plan, producer)
+    source.subscribe([topic])
+    await source.start()
     try:
-        await asyncio.wait({finished, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        while not source.finished.is_set() and not stop.is_set():
+            batch = await source.getmany(timeout_ms=200)
+            for tp, letters in batch.items():
+                source.retire(tp, [letter.offset for letter in letters])
+            if batch:
+                await source.save_lanes()
+                source.check_finished()
     finally:
-        finished.cancel()
-        stopped.cancel()
+        source.stop_feeding()
+        await source.stop()
+    return source
+
+
+async def _started_producer(kafka: KafkaConfig) -> AIOKafkaProducer:
+    """A started producer (for the progress topic alone)."""
+    producer = AIOKafkaProducer(**producer_kwargs(kafka))
+    await asyncio.wait_for(producer.start(), 30)
+    return producer

@@ -2,6 +2,10 @@
 ends its path with a `Terminal` (skip, dead letter), as `core/routing.py` does for routing.
 
 unreadable → replay filter → tombstone → size → decode → route → dedup → build → (sender)
+
+decode reads the canonical event, or, on a topic with an input (config `inputs:`), maps the
+producer's own record (service/core/inputs.py). An Avro record whose schema is not cached yet
+is a third outcome of decode, `SchemaPending`: the worker waits for the registry, then reads again.
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ from typing import Any
 import msgspec
 
 from service.core.exchange import Route, VendorRequest
+from service.core.inputs import Input
 from service.core.records import Fetched, Unreadable
+from service.core.registry import RegistryEventError, SchemaPending
 from service.core.routing import Expired, Skip, route_event
 from service.delivery.dedup import DedupStore, MemoryDedupStore
+from service.delivery.dlq import parse_headers
 from service.errors import EventError, VendorInputError
 from service.events import ConversionEvent, decode_event
 from service.logs import redact
@@ -61,8 +68,9 @@ def too_large(record: Any, max_record_bytes: int) -> Terminal | None:
 
 
 def invalid(error: EventError) -> Terminal:
-    """Not a valid conversion event."""
-    return Terminal(invalid_kind=error.kind, dlq_reason="invalid_event", error=redact(str(error)))
+    """Not a valid conversion event (a registry's record: unknown_schema or undecodable)."""
+    reason = error.dlq_reason if isinstance(error, RegistryEventError) else "invalid_event"
+    return Terminal(invalid_kind=error.kind, dlq_reason=reason, error=redact(str(error)))
 
 
 def decode(record: Any) -> ConversionEvent | Terminal:
@@ -71,6 +79,32 @@ def decode(record: Any) -> ConversionEvent | Terminal:
         return decode_event(record.value)
     except EventError as error:
         return invalid(error)
+
+
+class TopicInputs:
+    """The decode stage when some topics carry a producer's own events: each record is read by
+    its topic's input (config `inputs:`), a dead letter by its source topic's, so that a replay
+    reads it as it was first read; other topics are canonical."""
+
+    def __init__(self, inputs: Mapping[str, Input], dlq_topic: str | None) -> None:
+        self._inputs = dict(inputs)
+        self._dlq_topic = dlq_topic
+
+    def __call__(self, record: Any) -> ConversionEvent | Terminal | SchemaPending:
+        """The event, or why the value is not one (a mapping names the field that failed), or
+        the schema it waits for."""
+        topic = record.topic
+        if topic == self._dlq_topic:
+            topic = parse_headers(record.headers or ()).source_topic or topic
+        chosen = self._inputs.get(topic)
+        try:
+            if chosen is None:
+                return decode_event(record.value)
+            return chosen.decode(record.value, record.headers)
+        except EventError as error:
+            return invalid(error)
+        except SchemaPending as pending:
+            return pending
 
 
 def route(
@@ -131,8 +165,14 @@ class RecordPath:
         now: Callable[[], datetime],
         accept: Callable[[Any], str | None] | None = None,
         dedup: DedupStore | None = None,
+        inputs: Mapping[str, Input] | None = None,
+        dlq_topic: str | None = None,
     ) -> None:
         self._vendor = vendor
+        # Canonical topics only (the default): the plain decoder, no lookup per record.
+        self._decode: Callable[[Any], ConversionEvent | Terminal | SchemaPending] = (
+            TopicInputs(inputs, dlq_topic) if inputs else decode
+        )
         self._adapter = adapter
         self._goal_ids = goal_ids
         self._max_event_age_s = max_event_age_s
@@ -148,8 +188,8 @@ class RecordPath:
         reason = self._accept(record)
         return skipped(reason, outcome=None) if reason is not None else None
 
-    def read(self, record: Any) -> ConversionEvent | Terminal:
-        """The synchronous stages up to a decoded event."""
+    def read(self, record: Any) -> ConversionEvent | Terminal | SchemaPending:
+        """The synchronous stages up to a decoded event (or the schema it waits for)."""
         value = record.value
         if (
             self._accept is None
@@ -157,13 +197,13 @@ class RecordPath:
             and value is not None
             and len(value) <= self._max_record_bytes
         ):
-            return decode(record)  # the common case: each stage below would let it on
+            return self._decode(record)  # the common case: each stage below would let it on
         for stage in (unreadable, self.filtered, tombstone):
             ended = stage(record)
             if ended is not None:
                 return ended
         ended = too_large(record, self._max_record_bytes)
-        return ended if ended is not None else decode(record)
+        return ended if ended is not None else self._decode(record)
 
     @property
     def awaits(self) -> bool:

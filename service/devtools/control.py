@@ -19,9 +19,10 @@ from typing import Any
 
 from aiohttp import web
 
+from service.core.faults import MODES, checked_value
 from service.sandbox.base import Faults, Sandbox
 
-MODES = ("down", "up", "errors", "throttle", "reject", "slow", "ok")
+__all__ = ["MODES", "SandboxControl", "control_app", "start_control"]
 
 
 class SandboxControl:
@@ -49,32 +50,30 @@ class SandboxControl:
 
     async def apply(self, name: str, mode: str, value: float | None = None) -> str:
         """Set one fault on one vendor's sandbox; returns the new state. KeyError: no vendor;
-        ValueError: a bad mode or value."""
+        ValueError (FaultValueError): a bad mode or a value outside the mode's range."""
         sandbox = self.sandboxes[name]
         faults = sandbox.faults
+        value = checked_value(mode, None if value is None else repr(value))
         if mode == "down":
             await sandbox.go_down()
             self.down.add(name)
         elif mode == "up":
             await sandbox.go_up()
             self.down.discard(name)
-        elif mode == "errors":
-            rate = 1.0 if value is None else value
-            if not 0 <= rate <= 1:
-                raise ValueError("errors: give a rate between 0 and 1")
-            faults.error_rate = rate
-        elif mode == "throttle":
-            faults.retry_after_s = 5 if value is None else max(0, int(value))
-        elif mode == "reject":
-            faults.reject_next = 10 if value is None else max(0, int(value))
-        elif mode == "slow":
-            faults.latency_s = 1.0 if value is None else max(0.0, value)
         elif mode == "ok":
             sandbox.faults = Faults()
             await sandbox.go_up()
             self.down.discard(name)
-        else:
-            raise ValueError(f"{mode}: not a mode; choose from {', '.join(MODES)}")
+        else:  # a mode with a VALUE: checked_value gave it, in range (the default if none)
+            assert value is not None
+            if mode == "errors":
+                faults.error_rate = value
+            elif mode == "throttle":
+                faults.retry_after_s = int(value)
+            elif mode == "reject":
+                faults.reject_next = int(value)
+            else:  # slow
+                faults.latency_s = value
         return self.describe(name)
 
     def state(self) -> dict[str, Any]:
@@ -107,7 +106,9 @@ def control_app(control: SandboxControl) -> web.Application:
             )
         raw = next((request.query[k] for k in _VALUE_PARAMS if k in request.query), None)
         try:
-            value = float(raw) if raw is not None else None
+            # The same check as the `fault` command: a value outside its mode's range is a 400
+            # naming it, never clamped or ignored.
+            value = checked_value(mode, raw)
             if mode == "errors" and "status" in request.query:
                 control.sandboxes[name].faults.error_status = int(request.query["status"])
             state = await control.apply(name, mode, value)

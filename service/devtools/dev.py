@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import random
@@ -25,8 +26,10 @@ import msgspec
 import yaml
 from aiokafka import AIOKafkaProducer
 from prometheus_client import Metric
+from rich import box
 from rich.console import Console
 from rich.live import Live
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -35,9 +38,21 @@ from service.config import Config, parse_config
 from service.devtools.chaos import run_tour, tour
 from service.devtools.control import SandboxControl, start_control
 from service.devtools.demo import sample_event
+from service.devtools.demo_avro import avro_traffic
 from service.devtools.embedded import EmbeddedBroker, create_topics
 from service.devtools.paths import default_config_path, state_path
 from service.devtools.publish import record_key
+from service.devtools.registry import RegistryServer
+from service.devtools.view import (
+    COLUMNS,
+    DROP_ORDER,
+    PauseClock,
+    VendorCounts,
+    legend,
+    paused_note,
+    row,
+    short_count,
+)
 from service.errors import RelayError
 from service.events import encode_event
 from service.net import free_port
@@ -47,7 +62,7 @@ from service.vendors import protocol_tag
 
 INVALID_EVERY = 97  # one malformed record now and then, so the DLQ has something to show
 PLAIN_EVERY_S = 5.0  # how often a plain progress block is printed when stdout is no terminal
-SHUTDOWN_S = 1.2  # the relay's drain is cut off after this; the whole exit stays under 2 s
+SHUTDOWN_S = 0.5  # the relay's drain is cut off after this; the whole exit stays under 2 s
 # The tour breaks these first (the rest of the dev vendors stay healthy).
 CHAOS_ORDER = ("expertsender", "sustain_impact", "altcraft")
 _VAR = re.compile(r"\$\{([A-Z0-9_]+)\}")
@@ -67,9 +82,16 @@ def _template() -> str:
     return resources.files("service.devtools").joinpath("dev_config.yaml").read_text()
 
 
-def dev_config_text(bootstrap: str, http_port: int, sandbox_urls: dict[str, str]) -> str:
-    """The demo config as YAML with the broker, HTTP port and sandbox URLs filled in."""
-    env = {"KAFKA_BOOTSTRAP": bootstrap, "HTTP_PORT": str(http_port)}
+def dev_config_text(
+    bootstrap: str, http_port: int, sandbox_urls: dict[str, str], registry_url: str = ""
+) -> str:
+    """The demo config as YAML with the broker, HTTP port, sandbox URLs and the stand-in Schema
+    Registry's URL filled in."""
+    env = {
+        "KAFKA_BOOTSTRAP": bootstrap,
+        "HTTP_PORT": str(http_port),
+        "SCHEMA_REGISTRY_URL": registry_url or "http://127.0.0.1:8081",
+    }
     env.update({f"SANDBOX_{name.upper()}_URL": url for name, url in sandbox_urls.items()})
     return _VAR.sub(lambda m: env.get(m.group(1), m.group(0)), _template())
 
@@ -157,64 +179,120 @@ def _samples(metric: Metric | None, vendor: str) -> dict[str, float]:
     return values
 
 
-COLUMNS = ("vendor", "fault", "breaker", "in", "ok", "retry", "dead", "dlq", "rl wait", "lag")
-
-
-def view_rows(relay: Relay, control: SandboxControl | None) -> list[dict[str, str]]:
-    """Per vendor: injected fault, breaker state, counts, rate-limit wait, DLQ writes, lag."""
+def vendor_counts(
+    relay: Relay, pauses: dict[str, PauseClock], now_s: float | None = None
+) -> dict[str, VendorCounts]:
+    """Per vendor, the counters the table shows, from the relay's metrics; `pauses` (one clock
+    per vendor, kept between calls) adds the Retry-After pauses seen to the rate-limit wait."""
     metrics = {m.name: m for m in relay.metrics.registry.collect()}
-    prefix = "conversion_relay_"
-    rows = []
+    now_s = time.monotonic() if now_s is None else now_s
+
+    def total(name: str, vendor: str) -> float:
+        return sum(_samples(metrics.get(f"conversion_relay_{name}"), vendor).values())
+
+    counts = {}
     for name in relay.vendor_names:
-        outcomes = _samples(metrics.get(prefix + "deliveries"), name)
-        pipeline = relay.pipelines.get(name)
-        wait_s = sum(_samples(metrics.get(prefix + "ratelimit_wait_seconds"), name).values())
-        consumed = sum(_samples(metrics.get(prefix + "events_consumed"), name).values())
-        rows.append(
-            {
-                "vendor": name,
-                "fault": control.describe(name) if control and name in control.sandboxes else "-",
-                "breaker": pipeline.sender.breaker_state if pipeline else "-",
-                "in": f"{consumed:.0f}",
-                "ok": f"{outcomes.get('delivered', 0):.0f}",
-                "retry": f"{outcomes.get('retried', 0):.0f}",
-                "dead": f"{outcomes.get('rejected', 0) + outcomes.get('dead_lettered', 0):.0f}",
-                "dlq": f"{sum(_samples(metrics.get(prefix + 'dlq_writes'), name).values()):.0f}",
-                "rl wait": f"{wait_s:.1f}s",
-                "lag": str(pipeline.lag() if pipeline else 0),
-            }
+        outcomes = _samples(metrics.get("conversion_relay_deliveries"), name)
+        paused_s = 0.0
+        if name in pauses:
+            paused_s = pauses[name].sample(now_s, relay.pause_left_s(name))
+        counts[name] = VendorCounts(
+            consumed=total("events_consumed", name),
+            delivered=outcomes.get("delivered", 0.0),
+            deduplicated=outcomes.get("deduplicated", 0.0),
+            skipped=total("skipped", name),
+            rejected=outcomes.get("rejected", 0.0),
+            dead_lettered=outcomes.get("dead_lettered", 0.0),
+            expired=outcomes.get("expired", 0.0),
+            invalid=total("events_invalid", name),
+            unreadable=total("records_unreadable", name),
+            retried=outcomes.get("retried", 0.0),
+            dlq_writes=total("dlq_writes", name),
+            wait_s=total("ratelimit_wait_seconds", name) + paused_s,
         )
+    return counts
+
+
+def view_rows(
+    relay: Relay, control: SandboxControl | None, pauses: dict[str, PauseClock]
+) -> list[dict[str, str]]:
+    """Per vendor: injected fault, breaker state, the counts that add up, retries, DLQ writes,
+    rate-limit wait (Retry-After pauses included) and lag, as the table shows them."""
+    rows = []
+    for name, counts in vendor_counts(relay, pauses).items():
+        pipeline = relay.pipelines.get(name)
+        fault = control.describe(name) if control and name in control.sandboxes else "-"
+        breaker = pipeline.sender.breaker_state if pipeline else "-"
+        state = relay.controls.get(name)  # an operator's pause (the control topic)
+        paused = (
+            ""
+            if state is None or not state.paused
+            else paused_note(name, state.by, state.reason, state.at_s)
+        )
+        rows.append(row(name, counts, fault, breaker, pipeline.lag() if pipeline else 0, paused))
     return rows
 
 
-def _table(rows: list[dict[str, str]]) -> Table:
-    dlq = sum(int(r["dlq"]) for r in rows)
+def _dlq_total(rows: list[dict[str, str]]) -> str:
+    return short_count(sum(_count(r["dlq"]) for r in rows))
+
+
+def _count(text: str) -> float:
+    """A shortened count read back (for the caption's total)."""
+    scale = {"k": 1e3, "M": 1e6, "G": 1e9}.get(text[-1:], 1.0)
+    return float(text[:-1] if scale != 1.0 else text) * scale
+
+
+def _build(rows: list[dict[str, str]], columns: list[str]) -> Table:
+    paused = " · ".join(r["paused"] for r in rows if r.get("paused"))
     table = Table(
-        title="conversion-relay dev — per vendor",
-        caption=f"DLQ: {dlq} letters written · dead = rejected + dead-lettered · Ctrl-C stops",
+        title=f"dev · DLQ: {_dlq_total(rows)} letters · Ctrl-C stops"
+        + (f"\n{paused}" if paused else ""),
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
     )
-    for column in COLUMNS:
-        vendor = column == "vendor"
+    for column in columns:
         table.add_column(
             column,
-            justify="left" if column in ("vendor", "fault") else "right",
-            no_wrap=vendor,
-            min_width=len("sustain_impact") if vendor else None,
+            justify="left" if column in ("vendor", "fault", "breaker") else "right",
+            no_wrap=True,
         )
-    for row in rows:
-        style = "red" if row["breaker"] == "open" or row["fault"] != "ok" else None
-        table.add_row(*(Text(row[c]) for c in COLUMNS), style=style)
+    for shown in rows:
+        style = "red" if shown["breaker"] == "open" or shown["fault"] not in ("ok", "-") else None
+        table.add_row(*(Text(shown[c]) for c in columns), style=style)
     return table
 
 
-def _plain(rows: list[dict[str, str]], elapsed_s: float) -> list[str]:
-    dlq = sum(int(r["dlq"]) for r in rows)
-    lines = [f"t={elapsed_s:.0f}s dlq={dlq}"]
+def table_for(rows: list[dict[str, str]], width: int) -> tuple[Table, list[str]]:
+    """The table for a terminal `width` wide, and the columns it kept: columns are dropped in
+    DROP_ORDER until every cell fits whole at its natural width (numbers are never cut)."""
+    columns = list(COLUMNS)
+    dropping = list(DROP_ORDER)
+    measuring = Console(file=io.StringIO(), width=10_000)  # measures unclamped
+    while True:
+        table = _build(rows, columns)
+        natural = Measurement.get(measuring, measuring.options, table).maximum
+        if natural <= width or not dropping:
+            table.caption = legend(columns, min(natural, width))  # one line under the table
+            return table, columns
+        columns.remove(dropping.pop(0))
+
+
+def _table(rows: list[dict[str, str]], console: Console) -> Table:
+    return table_for(rows, console.width)[0]
+
+
+def _plain(rows: list[dict[str, str]], elapsed_s: float, first: bool) -> list[str]:
+    lines = [f"t={elapsed_s:.0f}s dlq={_dlq_total(rows)}"]
+    if first:  # what each number counts, once
+        lines.insert(0, legend(COLUMNS, 1000))
     for r in rows:
         lines.append(
-            f"  {r['vendor']}: in={r['in']} ok={r['ok']} retry={r['retry']} dead={r['dead']} "
-            f"dlq={r['dlq']} breaker={r['breaker']} rl_wait={r['rl wait']} lag={r['lag']} "
-            f"fault={r['fault']}"
+            f"  {r['vendor']}: in={r['in']} ok={r['ok']} skip={r['skip']} dead={r['dead']} "
+            f"flight={r['flight']} retry={r['retry']} dlq={r['dlq']} breaker={r['breaker']} "
+            f"rl_wait={r['rl wait']} lag={r['lag']} fault={r['fault']}"
+            + (f" ({r['paused']})" if r.get("paused") else "")
         )
     return lines
 
@@ -236,7 +314,7 @@ def commands(config_path: Path, control_url: str) -> list[str]:
     cli, cfg = _cli(), str(config_path)
     return [
         f"{cli} publish --config {cfg} --sample 10",
-        f"{cli} fault altcraft reject --state {state_path(config_path)}",
+        f"{cli} fault altcraft reject 5 --state {state_path(config_path)}",
         f"curl -s -X POST {control_url}/vendors/altcraft/down   # or errors?rate=0.3, ok",
         f"{cli} dlq inspect --config {cfg}",
         f"{cli} dlq replay --config {cfg} --vendor altcraft --dry-run",
@@ -271,12 +349,15 @@ async def run_dev(options: DevOptions | None = None) -> int:
     tasks: list[asyncio.Task[Any]] = []
     control_runner = None
     relay: Relay | None = None
+    registry: RegistryServer | None = None
     started_s = time.monotonic()
     try:
         ports = {name: free_port() for name in _dev_vendors()}
         http_port = options.http_port or free_port()
         urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-        text = dev_config_text(broker.bootstrap, http_port, urls)
+        registry = RegistryServer()  # the Avro stream's (shop.orders) stand-in Schema Registry
+        await registry.start()
+        text = dev_config_text(broker.bootstrap, http_port, urls, registry.url)
         config = parse_config(yaml.safe_load(text), {})
         for name, vendor in config.vendors.items():
             # Pinned to the vendor's config: the sandbox checks its credentials and account too.
@@ -313,6 +394,19 @@ async def run_dev(options: DevOptions | None = None) -> int:
                 )
             )
         )
+        for entry in config.inputs.values():  # a quarter of the rate in the shop's Avro
+            if entry.format == "avro":
+                tasks.append(
+                    asyncio.create_task(
+                        avro_traffic(
+                            broker.bootstrap,
+                            entry.topic,
+                            registry.url,
+                            options.events_per_s / 4,
+                            stop,
+                        )
+                    )
+                )
         port = relay.http_port or http_port
         out.line(
             f"broker {broker.bootstrap}   metrics http://127.0.0.1:{port}/metrics   "
@@ -343,6 +437,8 @@ async def run_dev(options: DevOptions | None = None) -> int:
         await _watch(relay, relay_task, control, out, stop, started_s)
     finally:
         await _shutdown(relay, tasks, stop, control_runner, sandboxes, broker)
+        if registry is not None:
+            await registry.stop()
     out.line("stopped everything dev mode started")
     return 0
 
@@ -356,26 +452,34 @@ async def _watch(
     started_s: float,
 ) -> None:
     """Refresh the view until stopped (or the relay ended on its own)."""
+    pauses = {name: PauseClock() for name in relay.vendor_names}
     if out.tty:
-        live = Live(_table(view_rows(relay, control)), console=out.console, auto_refresh=False)
+
+        def table() -> Table:
+            return _table(view_rows(relay, control, pauses), out.console)
+
+        live = Live(table(), console=out.console, auto_refresh=False)
         out.guard(live.start)
         try:
             while not stop.is_set() and not relay_task.done():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.5)
-                out.guard(lambda: live.update(_table(view_rows(relay, control)), refresh=True))
+                out.guard(lambda: live.update(table(), refresh=True))
         finally:
             out.guard(live.stop)
         return
     last_s = 0.0
+    first = True
     while not stop.is_set() and not relay_task.done():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.5)
+        rows = view_rows(relay, control, pauses)  # every 0.5 s, so the pause clocks see pauses
         now_s = time.monotonic()
         if now_s - last_s >= PLAIN_EVERY_S:
             last_s = now_s
-            for line in _plain(view_rows(relay, control), now_s - started_s):
+            for line in _plain(rows, now_s - started_s, first):
                 out.line(line)
+            first = False
 
 
 async def _shutdown(
@@ -386,10 +490,21 @@ async def _shutdown(
     sandboxes: dict[str, Sandbox],
     broker: EmbeddedBroker,
 ) -> None:
-    """Stop in a bounded time: the relay drains for at most SHUTDOWN_S, then is cancelled."""
+    """Stop in a bounded time: the relay drains for at most SHUTDOWN_S, then is cancelled;
+    the sandboxes and the control endpoint close meanwhile (a request they held fails at once
+    instead of holding the drain: nothing dev mode started outlives it anyway)."""
     stop.set()
     if relay is not None:
         relay.request_stop()
+    closing = [sandbox.stop() for sandbox in sandboxes.values()]
+    if control_runner is not None:
+        closing.append(control_runner.cleanup())
+
+    async def close_rest() -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), 0.3)
+
+    closer = asyncio.create_task(close_rest())
     if tasks:
         _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_S)
         for task in pending:
@@ -399,12 +514,7 @@ async def _shutdown(
     for task in tasks:
         if task.done() and not task.cancelled():
             task.exception()  # retrieved: a failure was reported already or is moot at exit
-    closing = [sandbox.stop() for sandbox in sandboxes.values()]
-    if control_runner is not None:
-        closing.append(control_runner.cleanup())
-    if closing:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), 0.3)
+    await closer
     broker.stop(kill=True)  # memory storage: nothing to flush
     if any(not task.done() for task in tasks):
         # A task ignored its cancellation (an aiokafka close stuck on a dead broker): exiting

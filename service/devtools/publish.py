@@ -25,10 +25,15 @@ def record_key(line: bytes) -> bytes | None:
 
 
 async def publish(
-    bootstrap: str, topic: str, lines: Iterable[bytes], client: dict[str, Any] | None = None
+    bootstrap: str,
+    topic: str,
+    lines: Iterable[bytes],
+    client: dict[str, Any] | None = None,
+    raw: bool = False,
 ) -> int:
     """Send every non-empty line as one record; returns how many were sent. `client` adds
-    connection settings (security) from a config."""
+    connection settings (security) from a config; `raw`: values sent as they are (binary, e.g.
+    Avro), none stripped or skipped, no key."""
     kwargs = {**(client or {}), "bootstrap_servers": bootstrap}
     producer = AIOKafkaProducer(**kwargs, acks="all", linger_ms=5)
     sent = 0
@@ -36,10 +41,12 @@ async def publish(
         await producer.start()
         batch = []
         for line in lines:
-            line = line.strip()
-            if not line:
-                continue
-            batch.append(await producer.send(topic, value=line, key=record_key(line)))
+            if not raw:
+                line = line.strip()
+                if not line:
+                    continue
+            key = None if raw else record_key(line)
+            batch.append(await producer.send(topic, value=line, key=key))
             sent += 1
             if len(batch) >= 1000:
                 for future in batch:

@@ -68,3 +68,32 @@ async def test_the_chaos_tour_breaks_three_vendors_and_sends_malformed_events(
     assert bursts == [50]
     assert [t for t, _ in seen] == [5, 10, 15, 20, 35, 35, 70]
     assert [control.describe(n) for n in ("x", "y", "z")] == ["ok", "ok", "ok"]
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("slow?latency_s=-1", "0 to 60"),
+        ("errors?rate=1.5", "0 to 1"),
+        ("throttle?retry_after_s=0.5", "whole number"),
+        ("reject?count=-3", "0 to 1000000"),
+        ("down?value=5", "takes no VALUE"),
+    ],
+)
+async def test_the_control_endpoint_answers_400_for_a_value_out_of_its_modes_range(
+    sandbox_factory, query: str, named: str
+) -> None:
+    """The same check as `fault`: never clamped or ignored, and the sandbox is left as it was."""
+    a = await sandbox_factory()
+    control = SandboxControl({"a": a})
+    runner, port = await start_control(control, 0)
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"http://127.0.0.1:{port}/vendors/a/{query}") as resp,
+        ):
+            assert resp.status == 400
+            assert named in (await resp.json())["error"]
+        assert control.describe("a") == "ok"
+    finally:
+        await runner.cleanup()

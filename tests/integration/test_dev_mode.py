@@ -37,13 +37,15 @@ def _start(tmp_path: Path, stdout: str, *extra: str) -> tuple[subprocess.Popen[b
     return process, config
 
 
-def _wait_ready(process: subprocess.Popen[bytes], config: Path, timeout_s: float = 60) -> None:
+def _wait_ready(
+    process: subprocess.Popen[bytes], config: Path, timeout_s: float = 60, settle_s: float = 4
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not config.with_suffix(".json").exists():
         assert process.poll() is None, process.stderr.read() if process.stderr else ""
         assert time.monotonic() < deadline, "dev mode did not start"
         time.sleep(0.1)
-    time.sleep(4)  # the relay joins its groups and traffic flows
+    time.sleep(settle_s)  # the relay joins its groups and traffic flows
 
 
 @pytest.mark.parametrize(
@@ -65,6 +67,36 @@ def test_dev_mode_exits_cleanly_within_two_seconds_whatever_stdout_is(
         assert process.returncode == 0, err
         assert took_s < 2.0, f"took {took_s:.2f}s"
         assert "Traceback" not in err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_dev_mode_exits_within_two_seconds_with_vendors_down_slow_and_throttled(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """The README's bound where the drain has most to wait for: one vendor down (its records
+    retrying), one answering after 5 s (requests in flight), one answering 429."""
+    process, config = _start(tmp_path, "pipe")
+    try:
+        _wait_ready(process, config, settle_s=0)
+        state = str(config.with_suffix(".json"))
+        for fault in (["expertsender", "down"], ["sustain_impact", "slow", "5"],
+                      ["altcraft", "throttle", "3"]):  # fmt: skip
+            subprocess.run(
+                [sys.executable, "-m", "service", "fault", *fault, "--state", state],
+                check=True, capture_output=True, cwd=ROOT, timeout=30,
+            )  # fmt: skip
+        time.sleep(4)  # requests pile up behind the faults
+        sent_s = time.monotonic()
+        process.send_signal(sig)
+        out, err = process.communicate(timeout=10)
+        took_s = time.monotonic() - sent_s
+        assert process.returncode == 0, err.decode()
+        assert took_s < 2.0, f"took {took_s:.2f}s"
+        assert out.decode().rstrip().endswith("stopped everything dev mode started")
     finally:
         if process.poll() is None:
             process.kill()

@@ -39,15 +39,47 @@ def _sh(command: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedPro
     )
 
 
+def _event_ids(lines: list[str]) -> list[str]:
+    """The first column of the letter table (the lines after its `EVENT ID` header)."""
+    start = next(i for i, line in enumerate(lines) if line.startswith("EVENT ID"))
+    ids = []
+    for line in lines[start + 1 :]:
+        if not line.strip() or line.startswith(("summary:", "replayed", "progress")):
+            break
+        ids.append(line.split()[0])
+    return ids
+
+
+def _commented_steps() -> list[tuple[str, str]]:
+    """Each step of "Try it" with the comment above it."""
+    steps, comment = [], ""
+    for line in _blocks(_section("## Try it"))[0].splitlines():
+        if line.startswith("#"):
+            comment = line
+        elif line.strip():
+            steps.append((comment, line))
+    return steps
+
+
+def test_a_try_it_step_that_speaks_of_a_dry_run_runs_one() -> None:
+    """Text and tool agree: a step whose comment promises a dry run gives `--dry-run`, and a
+    later step runs the same command without it (so it sends what the dry run showed)."""
+    steps = _commented_steps()
+    commands = [part.strip() for _, line in steps for part in line.split(" && ")]
+    promised = [line for comment, line in steps if "dry run" in comment.lower()]
+    assert promised
+    for line in promised:
+        dry = [part.strip() for part in line.split(" && ") if "--dry-run" in part]
+        assert dry, f"the comment promises a dry run; the command gives none: {line}"
+        real = dry[0].replace(" --dry-run", "")
+        assert commands.index(real) > commands.index(dry[0]), real
+
+
 def test_the_try_it_walkthrough_runs_as_written(tmp_path: Path) -> None:
-    """Five steps against `make run`'s stack (here `dev --port 0`, temp dir moved under the
+    """Six steps against `make run`'s stack (here `dev --port 0`, temp dir moved under the
     test's, so `/tmp/` in the commands becomes that dir)."""
-    steps = [
-        line
-        for line in _blocks(_section("## Try it"))[0].splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
-    assert len(steps) == 5
+    steps = [line for _, line in _commented_steps()]
+    assert len(steps) == 6
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     dev = subprocess.Popen(
         [str(ROOT / ".venv/bin/conversion-relay"), "dev", "--port", "0"],
@@ -80,11 +112,20 @@ def test_the_try_it_walkthrough_runs_as_written(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, inspected.stdout
             time.sleep(0.5)
         assert "altcraft" in inspected.stdout.splitlines()[2]
-        replayed = _sh(run[4], env, ROOT)
+        planned = _sh(run[4], env, ROOT)
+        assert planned.returncode == 0, planned.stdout + planned.stderr
+        shown = planned.stdout.splitlines()
+        assert shown[:2] == ["expertsender: ok", "5 dead letters to replay to altcraft"]
+        planned_ids = _event_ids(shown)
+        assert len(planned_ids) == 5, planned.stdout
+        replayed = _sh(run[5], env, ROOT)
         assert replayed.returncode == 0, replayed.stdout + replayed.stderr
         lines = replayed.stdout.splitlines()
-        assert lines[:2] == ["expertsender: ok", "5 dead letters to replay to altcraft"]
-        assert lines[-1].startswith("summary: delivered=5, rejected=0")
+        # Exactly the letters the dry run showed are the ones the replay sends.
+        assert lines[0] == shown[1]
+        assert _event_ids(lines) == planned_ids
+        summary = [x for x in lines if x.startswith("summary: delivered=5,")]
+        assert summary and "rejected=0" in summary[0], "\n".join(lines)
     finally:
         dev.send_signal(signal.SIGINT)
         try:

@@ -90,12 +90,16 @@ def test_locked_dependencies_install_in_their_own_layer_before_the_code(builder:
 
 
 def test_project_installs_frozen_without_extras_and_byte_compiled(builder: Stage) -> None:
-    """The project goes in from the lock, non-editable, with no extras, and byte-compiled."""
+    """The project goes in from the lock, non-editable, byte-compiled, and with no extra unless
+    the build names one (`--build-arg RELAY_EXTRAS=tracing`; empty by default)."""
     _, second = _uv_syncs(builder)[1]
     assert "--frozen" in second.args and "--no-dev" in second.args
     assert "--no-editable" in second.args
+    chosen = '${RELAY_EXTRAS:+--extra "$RELAY_EXTRAS"}'
     for _, sync in _uv_syncs(builder):
-        assert "--extra" not in sync.args and "--all-extras" not in sync.args
+        assert "--all-extras" not in sync.args
+        assert sync.args.replace(chosen, "").count("--extra") == 0, sync.args
+    assert 'RELAY_EXTRAS=""' in [ins.args for ins in builder.all("ARG")]
     assert _env(builder)["UV_COMPILE_BYTECODE"] == "1"
 
 

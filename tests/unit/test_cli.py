@@ -100,7 +100,8 @@ def test_every_option_has_help_and_closed_ones_have_choices() -> None:
                 continue
             name = action.option_strings[-1] if action.option_strings else action.dest
             assert action.help, f"{parser.prog} {name} has no help"
-            if name in closed:
+            # `vendor pause --reason TEXT` is the operator's own words, not a DLQ reason.
+            if name in closed and not parser.prog.endswith("vendor pause"):
                 assert action.choices, f"{parser.prog} {name} has no choices"
 
 
