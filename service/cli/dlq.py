@@ -209,9 +209,19 @@ def _print_plan(plan: Any, verb: str = "replay") -> None:
         print(f"… and {plan.count - len(plan.sample)} more")
 
 
+def _planned(config: Any, vendor: str, letters: Any) -> Any:
+    """The streamed plan of a vendor's open letters that `letters` takes (Kafka probed first)."""
+    from service.delivery.replay import plan_replay
+
+    async def plan_it() -> Any:
+        await common.probe_config(config.kafka)
+        return await plan_replay(config.kafka, config.dlq.topic, vendor, letters)
+
+    return common.run_async_value(plan_it())
+
+
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
     """Re-deliver matching dead letters to one vendor, with progress and a summary."""
-    from service.delivery.replay import plan_replay
     from service.replay_run import Replay
 
     config = common.load(args)
@@ -219,12 +229,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     common.setup_logging("error")
     common.quiet_kafka_logs()
     letters = _letter_filter(args, vendor)
-
-    async def plan_it() -> Any:
-        await common.probe_config(config.kafka)
-        return await plan_replay(config.kafka, config.dlq.topic, vendor, letters)
-
-    plan = common.run_async_value(plan_it())
+    plan = _planned(config, vendor, letters)
     _print_plan(plan)
     if args.dry_run or not plan.count:
         return 0
@@ -360,19 +365,12 @@ def _show_text(record: Any, info: Any, topic: str, redact: Callable[[str], str])
 
 def cmd_dlq_discard(args: argparse.Namespace) -> int:
     """Retire a vendor's matching open letters without sending them."""
-    from service.delivery.replay import plan_replay
-
     config = common.load(args)
     vendor = common.vendor_names(config, [args.vendor], enabled_only=False)[0]
     common.setup_logging("error")
     common.quiet_kafka_logs()
     letters = _letter_filter(args, vendor)
-
-    async def plan_it() -> Any:
-        await common.probe_config(config.kafka)
-        return await plan_replay(config.kafka, config.dlq.topic, vendor, letters)
-
-    plan = common.run_async_value(plan_it())
+    plan = _planned(config, vendor, letters)
     _print_plan(plan, verb="discard")
     if args.dry_run or not plan.count:
         return common.EXIT_OK
