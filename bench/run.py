@@ -26,6 +26,7 @@ import aiohttp
 from bench import kafka, relay
 from bench.adaptive import adaptive_section
 from bench.ceilings.consume_latency import describe_consumer
+from bench.hotpath_scenario import hotpath_scenario
 from bench.memory_stuck import memory_stuck
 from bench.procs import Proc, Usage, install_signal_handlers, python_module, stop_all, usage
 from bench.replay import replay_scenario
@@ -58,6 +59,7 @@ SCENARIOS = (
     "adaptive",
     "tls",
     "replay",
+    "hotpath",
 )
 # The client ceilings: contender name → the HTTP library it posts with (bench/ceilings).
 CLIENTS = {
@@ -1102,6 +1104,8 @@ async def run_scenario(
         await memory_stuck(bench)
     elif scenario == "replay":
         await replay_scenario(bench)
+    elif scenario == "hotpath":  # no broker, no sink: bench.hotpath in its own process
+        await hotpath_scenario(bench, 20_000 if settings.max_s < 10 else 100_000)
     elif scenario == "ratelimit":
         await bench.ratelimit()
     elif scenario == "workers" and shared is not None and lines is not None:

@@ -25,6 +25,12 @@ from service.delivery.replay import (
 )
 
 REPLAY_WINDOW_PER_CONCURRENCY = 4
+# The in-memory dedup store of a replay remembers this many windows of deliveries (at least
+# 15/16 of them), not every letter: each letter is sent once by the replay group's progress
+# (service.core.replay_lane); the store only has to catch a letter fed again in this process
+# (its partition revoked and assigned back before its progress was committed), which is at
+# most what was in flight and finished since the last commit. Redis (shared) is left as it is.
+REPLAY_DEDUP_WINDOWS = 16
 # The summary's outcomes, in order; a letter written back counts under its new reason.
 OUTCOMES = (
     "delivered",
@@ -43,6 +49,8 @@ _WRITE_BACK_OUTCOME = {
     "expired": "expired",
     "invalid_event": "invalid",
     "unreadable_record": "invalid",
+    "unknown_schema": "invalid",
+    "undecodable": "invalid",
 }
 
 
@@ -59,7 +67,13 @@ class Replay:
             pipeline = msgspec.structs.replace(
                 config.pipeline, max_in_flight=min(config.pipeline.max_in_flight, window)
             )
-            config = msgspec.structs.replace(config, pipeline=pipeline)
+            dedup = config.dedup
+            if dedup.backend == "memory":
+                remembered = REPLAY_DEDUP_WINDOWS * pipeline.max_in_flight
+                dedup = msgspec.structs.replace(
+                    dedup, max_entries=min(dedup.max_entries, remembered)
+                )
+            config = msgspec.structs.replace(config, pipeline=pipeline, dedup=dedup)
         self.relay = Relay(config, vendors=[vendor])
         self.vendor = vendor
         self.letters = letters

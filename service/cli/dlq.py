@@ -18,7 +18,16 @@ from typing import Any
 from service.cli import common
 from service.errors import UsageError
 
-REASONS = ("invalid_event", "rejected", "retries_exhausted", "expired")
+# service.delivery.dlq.REASONS (not imported here, to keep the CLI's start light).
+REASONS = (
+    "invalid_event",
+    "rejected",
+    "retries_exhausted",
+    "expired",
+    "unreadable_record",
+    "unknown_schema",
+    "undecodable",
+)
 BY_FIELDS = ("vendor", "reason", "status", "state", "hour", "day")
 
 

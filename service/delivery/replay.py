@@ -45,6 +45,7 @@ from service.delivery.dlq import (
     parse_headers,
     to_headers,
 )
+from service.delivery.flow import KEEPALIVE
 from service.delivery.progress import GroupProgress, ProgressBook, Restored
 from service.kafka import client_kwargs, consumer_kwargs, producer_kwargs
 
@@ -805,9 +806,20 @@ class ReplaySource:
     async def getmany(
         self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[TopicPartition, list[_Letter]]:
-        """The next letters to send; everything read is classified in its lane."""
+        """The next letters to send; everything read is classified in its lane.
+
+        Only the partitions asked for and not paused are read (`KEEPALIVE` when none: the call
+        still polls for the group): aiokafka throws away what it fetched for a partition that a
+        getmany finds paused and fetches it again, and at the pipeline's caps that re-read most
+        of every fetch and left each thrown-away batch to the collector.
+        """
         self._apply_pauses()
-        batch = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        paused = self._paused() if not self._stopping else set(self.lanes)
+        asked = partitions or tuple(self.lanes)
+        fetchable = tuple(tp for tp in asked if tp in self.lanes and tp not in paused)
+        batch = await self._consumer.getmany(
+            *(fetchable or (KEEPALIVE,)), timeout_ms=timeout_ms, max_records=max_records
+        )
         out: dict[TopicPartition, list[_Letter]] = {}
         for tp, records in batch.items():
             lane = self.lanes.get(tp)

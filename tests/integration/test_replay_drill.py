@@ -15,9 +15,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import yaml
+from aiokafka import AIOKafkaProducer
 
 from service.config import parse_config
 from service.delivery.replay import LetterFilter, plan_replay
+from service.devtools.embedded import create_topics
 from tests.conftest import ROOT, goal_reach_vendor, read_topic, relay_config, wait_for
 from tests.integration.test_dlq_replay import _customer, _events, _headers, _put
 
@@ -121,19 +123,20 @@ async def test_two_concurrent_replays_of_one_vendor_send_each_letter_once(
 async def test_ctrl_c_at_random_points_neither_loses_nor_repeats_a_letter(
     broker, topics, sandbox_factory, tmp_path
 ):
-    """Interrupted runs, then a run to the end: every letter delivered exactly once, and no new
-    request after Ctrl-C beyond those already in flight."""
+    """10 interrupted runs, then a run to the end: every letter delivered exactly once, and no
+    new request after Ctrl-C beyond those already in flight."""
     si = await sandbox_factory()
     si.faults.latency_s = 0.05
     si.faults.latency_jitter_s = 0.3  # letters finish out of order
     path = _config_file(tmp_path, broker, topics, si, concurrency=4)
-    events = _events(30)
+    # Each run takes at most 4 letters past its goal of 1 to 4: 80 leave some for the last run.
+    events = _events(80)
     await _letters(broker, topics, events)
     rng = random.Random(21)
-    for _ in range(4):
+    for _ in range(10):
         before = _answered(si)
         proc = await _start("dlq", "replay", "--config", str(path), "--vendor", VENDOR)
-        goal = before + rng.randint(1, 6)
+        goal = before + rng.randint(1, 4)
         await wait_for(lambda g=goal: _answered(si) >= g, 60, "some deliveries")
         proc.send_signal(signal.SIGINT)
         at_signal = _answered(si)
@@ -342,3 +345,48 @@ async def test_replay_marks_of_earlier_versions_are_honoured_and_none_are_writte
     plan = await plan_replay(config.kafka, topics.dlq, VENDOR, LetterFilter())
     assert plan.count == 0
     assert plan.retired.start(VENDOR, 0) == 5  # the group's commit point is past the mark
+
+
+async def test_a_replay_killed_during_a_concurrent_pass_loses_and_repeats_no_letter(
+    broker, sandbox_factory, tmp_path
+):
+    """Two replays of one vendor share a 2-partition DLQ; one is SIGKILLed mid-pass (once what
+    it had accepted was committed, its requests in flight answered 503, so the kill itself
+    cannot repeat a letter the vendor has); the other takes its partition over (or a rerun
+    does): every letter delivered exactly once, none lost."""
+    from tests.conftest import Topics
+
+    name = f"conversions-{os.urandom(4).hex()}"
+    topics = Topics(source=name, dlq=f"{name}.dlq", partitions=4)
+    await create_topics(broker.bootstrap, {topics.source: 4, topics.dlq: 2})
+    si = await sandbox_factory()
+    si.faults.latency_s = 0.15
+    path = _config_file(tmp_path, broker, topics, si, concurrency=2)
+    events = _events(60)
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    await producer.start()
+    try:
+        for n, event in enumerate(events):
+            headers = _headers(VENDOR, "rejected", n)
+            await producer.send_and_wait(topics.dlq, value=event, headers=headers, partition=n % 2)
+    finally:
+        await producer.stop()
+    victim = await _start("dlq", "replay", "--config", str(path), "--vendor", VENDOR)
+    survivor = asyncio.create_task(_replay(path))
+    await wait_for(lambda: len(si.accepted) >= 12, 60, "both replays under way")
+    si.faults.fail_matching = b""  # every request from now on answers 503 and is retried
+    await asyncio.sleep(1.5)  # what was accepted is committed; requests in flight answered 503
+    victim.kill()
+    await asyncio.wait_for(victim.communicate(), 10)
+    assert victim.returncode == -signal.SIGKILL
+    accepted_at_kill = len(si.accepted)
+    await asyncio.sleep(0.3)  # the killed replay's last requests answered (503) too
+    si.faults.fail_matching = None
+    code, out = await asyncio.wait_for(survivor, 90)
+    assert code == 0, out
+    if len(si.accepted) < len(events):  # the survivor finished before the group moved
+        code, out = await _replay(path)
+        assert code == 0, out
+    delivered = Counter(p["CustomerId"] for p in si.payloads())
+    assert sorted(delivered) == sorted(_customer(e) for e in events), accepted_at_kill
+    assert set(delivered.values()) == {1}, delivered

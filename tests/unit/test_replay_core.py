@@ -133,3 +133,18 @@ def test_parse_time_names_the_accepted_forms() -> None:
     with pytest.raises(ValueError, match=r"ISO time .* or a duration ago"):
         parse_time("yesterday")
     assert parse_time("2h", now=NOW) == NOW - timedelta(hours=2)
+
+
+def test_every_dead_letter_reason_can_be_filtered_on_and_counts_under_an_outcome() -> None:
+    """`dlq --reason` takes every documented reason, and a letter written back for any reason
+    counts under its outcome: a registry's unknown_schema and undecodable letters are invalid
+    (still not a conversion event), like invalid_event and unreadable_record."""
+    from service.cli.dlq import REASONS as CLI_REASONS
+    from service.delivery.dlq import REASONS
+    from service.replay_run import _WRITE_BACK_OUTCOME, FAILED
+
+    assert set(CLI_REASONS) == set(REASONS)
+    assert set(_WRITE_BACK_OUTCOME) == set(REASONS)
+    assert set(_WRITE_BACK_OUTCOME.values()) <= set(FAILED)
+    for reason in ("invalid_event", "unreadable_record", "unknown_schema", "undecodable"):
+        assert _WRITE_BACK_OUTCOME[reason] == "invalid", reason
