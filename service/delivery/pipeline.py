@@ -998,8 +998,14 @@ class VendorPipeline:
 
     @property
     def sending(self) -> int:
-        """Deliveries started and not finished (what a stop waits for)."""
+        """Deliveries started and not finished."""
         return sum(w.active for w in self._windows.values())
+
+    @property
+    def unparked(self) -> int:
+        """Deliveries started that a stop waits for: on the wire, or preparing, marking or
+        dead-lettering; not those still waiting to be sent (the stop cancels those)."""
+        return self.sending - self.sender.parked
 
     async def _drain(self) -> None:
         # Records waiting on a retry timer or in the queue are not in flight: they stay in Kafka
@@ -1008,11 +1014,15 @@ class VendorPipeline:
             window.closing = True
         for handle in self._timers.values():
             handle.cancel()
-        await self._wait_until(lambda: not self.sending, self._settings.shutdown_grace_s)
-        if self.sending:
+        # Deliveries still waiting to be sent (an open breaker, a Retry-After pause, the gate,
+        # the rate limit) are not in flight: nothing of theirs went out, so the stop does not
+        # wait for them (an open breaker would hold it one probe interval per record) and the
+        # supervisor's stop below cancels them; their records stay in Kafka.
+        await self._wait_until(lambda: self.unparked <= 0, self._settings.shutdown_grace_s)
+        if self.unparked > 0:
             log.warning(
                 "grace period over with %d deliveries in flight; they will be redelivered",
-                self.sending,
+                self.unparked,
                 extra={"vendor": self.vendor},
             )
         await self._supervisor.stop()

@@ -418,6 +418,7 @@ class Sender:
     ) -> None:
         self.vendor = vendor
         self.adapter = adapter
+        self.parked = 0  # deliveries waiting to be sent (breaker, pause, gate, rate limit)
         self._transport = transport
         self._config = config
         self._limiter = limiter
@@ -489,45 +490,55 @@ class Sender:
         breaker = self.breaker
         vendor_wait_s = 0.0
         waited = False  # a pause may start while a request waits: then look again below
-        if breaker is not None and breaker.state is not BreakerState.CLOSED:
-            vendor_wait_s = await self._breaker_layer.wait(attempts)  # breaker
-            waited = True
-        limiter = self._limiter
-        paused = limiter.pause_left_s(self.vendor) > 0
-        if paused:
-            vendor_wait_s += await self._pause.wait()  # limiter pause (Retry-After, bounded)
-            waited = True
-        gate = self._gate
-        if gate.must_wait():
-            await gate.enter()  # concurrency gate (AIMD)
-            waited = True
-        else:
-            gate.active += 1
+        # Parked until the request leaves: a stop does not wait for what waits on the breaker,
+        # a pause, the gate or the rate limit (nothing of it is on the wire); it cancels it.
+        self.parked += 1
+        parked = True
         try:
-            if waited:
-                paused = limiter.pause_left_s(self.vendor) > 0
-            if self._limited or paused:
-                await limiter.acquire(self.vendor)  # rate token, inside the gate
-            if vendor_wait_s:
-                attempts.excused_s += vendor_wait_s
-            if not current():
-                return _ABANDONED
-            self._count_attempt(attempts)
-            sent_at_s = self._monotonic()
-            started_s = time.perf_counter()  # the real round trip, whatever clock is injected
+            if breaker is not None and breaker.state is not BreakerState.CLOSED:
+                vendor_wait_s = await self._breaker_layer.wait(attempts)  # breaker
+                waited = True
+            limiter = self._limiter
+            paused = limiter.pause_left_s(self.vendor) > 0
+            if paused:
+                vendor_wait_s += await self._pause.wait()  # limiter pause (Retry-After, bounded)
+                waited = True
+            gate = self._gate
+            if gate.must_wait():
+                await gate.enter()  # concurrency gate (AIMD)
+                waited = True
+            else:
+                gate.active += 1
             try:
-                answer: VendorResponse | DeliveryError = await self._transport.send(request)
-            except DeliveryError as error:  # transport
-                # Without its traceback: kept in this frame, it would hold the frame (and the
-                # request) in a cycle only the collector frees.
-                answer = error.with_traceback(None)
-            rtt_s = time.perf_counter() - started_s
-            self._duration.observe(rtt_s)
-            outcome = self._classify(request, answer)  # classify + status overrides
-            if gate.enabled:
-                gate.observe(rtt_s, is_overload(outcome))
+                if waited:
+                    paused = limiter.pause_left_s(self.vendor) > 0
+                if self._limited or paused:
+                    await limiter.acquire(self.vendor)  # rate token, inside the gate
+                if vendor_wait_s:
+                    attempts.excused_s += vendor_wait_s
+                if not current():
+                    return _ABANDONED
+                self.parked -= 1
+                parked = False
+                self._count_attempt(attempts)
+                sent_at_s = self._monotonic()
+                started_s = time.perf_counter()  # the real round trip, whatever clock is injected
+                try:
+                    answer: VendorResponse | DeliveryError = await self._transport.send(request)
+                except DeliveryError as error:  # transport
+                    # Without its traceback: kept in this frame, it would hold the frame (and
+                    # the request) in a cycle only the collector frees.
+                    answer = error.with_traceback(None)
+                rtt_s = time.perf_counter() - started_s
+                self._duration.observe(rtt_s)
+                outcome = self._classify(request, answer)  # classify + status overrides
+                if gate.enabled:
+                    gate.observe(rtt_s, is_overload(outcome))
+            finally:
+                gate.leave()
         finally:
-            gate.leave()
+            if parked:
+                self.parked -= 1
         if breaker is not None:
             self._breaker_layer.record(outcome, sent_at_s, attempts)
         if outcome.kind is OutcomeKind.DELIVERED:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 
 import orjson
+import pytest
 
 from service.devtools.demo import sample_lines
 from service.devtools.publish import publish
-from tests.conftest import committed_offsets, read_topic, relay_config
+from tests.conftest import (
+    committed_offsets,
+    goal_reach_vendor,
+    read_topic,
+    relay_config,
+    wait_for,
+)
 from tests.reliability.conftest import (
     THREE_VENDORS,
     Ledger,
@@ -139,3 +147,41 @@ async def test_a_pipeline_that_cannot_leave_its_group_is_cancelled_after_the_gra
     text = record.getMessage()
     assert "pipeline sustain_impact" in text
     assert "never_returns" in text and "_drain" in text, text
+
+
+@pytest.mark.parametrize("waits_on", ["open breaker", "Retry-After pause"])
+async def test_a_stop_does_not_wait_the_grace_for_records_only_waiting_to_be_sent(
+    broker, topics, sandbox_factory, waits_on
+):
+    """Records held before their request leaves (an open breaker, a vendor-wide Retry-After
+    pause) are not in flight: at the default grace (20 s) a stop cancels them and the relay is
+    gone within 2 s, where it waited about a probe interval per record (or the whole pause)."""
+    from service.app import Relay
+    from service.config import PipelineConfig, parse_config
+
+    sandbox = await sandbox_factory()
+    if waits_on == "open breaker":
+        await sandbox.go_down()  # connection refused: the breaker opens
+    else:
+        sandbox.faults.retry_after_s = 60  # every request: 429, Retry-After: 60
+    config = relay_config(broker, topics, {"sustain_impact": goal_reach_vendor(sandbox)})
+    config["pipeline"].pop("shutdown_grace_s")  # the default
+    relay = Relay(parse_config(config))
+    assert relay.config.pipeline.shutdown_grace_s == PipelineConfig().shutdown_grace_s == 20
+    task = asyncio.create_task(relay.run(install_signals=False))
+    try:
+        await wait_for(lambda: not relay.not_ready_reasons(), 30, "relay ready")
+        await publish(broker.bootstrap, topics.source, list(sample_lines(200)))
+        pipeline = relay.pipelines["sustain_impact"]
+        await wait_for(lambda: pipeline.sending >= 8, 30, "records held before sending")
+        parked = pipeline.sending
+        started_s = time.monotonic()
+        relay.request_stop()
+        await asyncio.wait_for(task, 30)
+    finally:
+        if not task.done():
+            task.cancel()
+    took_s = time.monotonic() - started_s
+    assert took_s < 2.0, f"stop took {took_s:.2f}s with {parked} records held, none sent"
+    # Nothing was delivered, so nothing is committed past the first record.
+    assert len(sandbox.accepted) == 0

@@ -118,6 +118,7 @@ class FakeSender:
     def __init__(self, adapter: Any) -> None:
         self.adapter = adapter
         self.blocked = False
+        self.parked = 0  # as Sender: deliveries waiting to be sent (none here: all go at once)
         self.stuck: set[str] = set()
         self.rejects: set[str] = set()
         self.fails: set[str] = set()  # answered "retry in retry_delay_s", charging an attempt
