@@ -89,8 +89,9 @@ async def test_a_pause_through_the_cli_stops_two_relay_processes_within_2s_and_r
     broker, topics, sandbox_factory, relay_process, tmp_path
 ) -> None:
     """Two replicas share the vendor's group; `vendor pause` stops both within 2 s (nothing
-    delivered after), both /status say who/why/when, /readyz stays 200; `vendor resume`
-    delivers the rest from the committed offsets, each event once."""
+    delivered after), both /status say who/why/when, /readyz stays 200, `status` names each
+    partition's owning replica; `vendor resume` delivers the rest from the committed offsets,
+    each event once."""
     sandbox = await sandbox_factory()
     config = relay_config(broker, topics, {VENDOR: goal_reach_vendor(sandbox)})
     path = write_config(tmp_path, config)
@@ -125,6 +126,7 @@ async def test_a_pause_through_the_cli_stops_two_relay_processes_within_2s_and_r
         assert control["paused"] is True and control["reason"] == "vendor outage"
         assert "@" in control["by"] and control["at"]
         assert status["vendors"][VENDOR]["assigned_partitions"]  # membership kept
+    await _status_names_each_partition_owner(path, relays)
     assert len(sandbox.accepted) == held
 
     code, out, err = await cli(path, "vendor", "resume", VENDOR)
@@ -134,6 +136,32 @@ async def test_a_pause_through_the_cli_stops_two_relay_processes_within_2s_and_r
     ids = [r.payload["CustomerId"] for r in sandbox.accepted]
     want = [orjson.loads(line)["customer"]["ids"][VENDOR] for line in lines]
     assert sorted(ids) == sorted(want)
+
+
+async def _status_names_each_partition_owner(path: Path, relays: list[Any]) -> None:
+    """`status --relay A --relay B` names, per partition, the replica whose /status holds it
+    (Tansu's DescribeGroups lists no assignment), in `--json` and in the plain table."""
+    urls = [f"http://127.0.0.1:{relay.http_port}" for relay in relays]
+    asked = [arg for url in urls for arg in ("--relay", url)]
+    code, out, err = await cli(path, "status", "--json", *asked)
+    assert code == 0, err
+    held: dict[int, str] = {}
+    for url in urls:
+        _, status = await get_json(f"{url}/status")
+        for item in status["vendors"][VENDOR]["assigned_partitions"]:
+            held[int(item.rpartition(":")[2])] = url.removeprefix("http://")
+    assert len(set(held.values())) == len(relays)  # each replica owns some
+    entry = orjson.loads(out)["vendors"][VENDOR]
+    assert {p["partition"]: p["owner"] for p in entry["partitions"]} == held
+    assert {(p["owner_from"], p["breaker"]) for p in entry["partitions"]} == {("relay", "closed")}
+    code, table, err = await cli(path, "status", *asked)
+    assert code == 0, err
+    print(table)  # the page's example (docs/guide/operations.md, Status)
+    assert all(len(line) <= 80 for line in table.splitlines())
+    lines = table.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("VENDOR"))
+    assert lines[at].split()[-1] == "OWNER"
+    assert {int(row.split()[2]): row.split()[-1] for row in lines[at + 1 :]} == held
 
 
 async def _reach_s(relays: list[Any], since_s: float) -> list[float]:

@@ -6,6 +6,9 @@ One drill, in phases, on one backlog far larger than the limit lets through:
 
 1. **Shared rate limit**: with all three delivering, the vendor sees the configured rate
    within ±5 % (one GCRA on Redis for the fleet, not 3 × the rate).
+   Then `conversion-relay vendor pause`, run as an operator types it, stops all three within
+   2 s (each /status says paused, the vendor sees nothing more), and `vendor resume` restarts
+   every replica, repeating nothing.
 2. **Dedup across a rebalance**: one replica is SIGKILLed; its partitions move to the other two,
    which skip what it delivered (Redis dedup): repeats are at most what was on the wire at the
    kill.
@@ -21,11 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
@@ -33,7 +39,13 @@ from service.devtools.demo import sample_lines
 from service.devtools.embedded import create_topics
 from service.devtools.publish import publish
 from service.sandbox.base import Sandbox
-from tests.conftest import RelayProcess, Topics, read_topic, relay_config
+from tests.conftest import (
+    ROOT,
+    RelayProcess,
+    Topics,
+    read_topic,
+    relay_config,
+)
 from tests.plugins.redis_server import RedisServer
 from tests.reliability.conftest import (
     Ledger,
@@ -55,6 +67,10 @@ OUTAGE_S = 30.0
 FALLBACK_WITHIN_S = 1.0
 RECOVER_WITHIN_S = 5.0
 FALLBACK = "conversion_relay_ratelimit_fallback"
+PAUSE_WITHIN_S = 2.0  # the issue's bound: every replica stopped, nothing delivered after
+PAUSE_WATCH_S = 1.5  # watched past the bound (a replica ignoring the pause sends ~13/s)
+RESTART_WITHIN_S = 10.0
+DELIVERED = "conversion_relay_deliveries_total"
 
 
 def _rate(sandbox: Sandbox, start_s: float, end_s: float) -> float:
@@ -83,8 +99,9 @@ async def test_three_replicas_share_one_limit_dedup_across_a_kill_and_ride_out_r
     redis_clean: RedisServer,
     record_property: Any,
 ) -> None:
-    """The fleet drill: shared limit within ±5 %, 0 repeats beyond what was in flight after a
-    kill, a 30 s Redis outage with fallback in 1 s, no loss, no error storm, back in 5 s."""
+    """The fleet drill: shared limit within ±5 %, a CLI pause stopping all three in 2 s, 0 repeats
+    beyond what was in flight after a kill, a 30 s Redis outage with fallback in 1 s, no loss,
+    no error storm, back in 5 s."""
     name = f"fleet-{uuid.uuid4().hex[:8]}"
     topics = Topics(source=name, dlq=f"{name}.dlq", partitions=PARTITIONS)
     await create_topics(broker.bootstrap, {topics.source: PARTITIONS, topics.dlq: 1})
@@ -124,6 +141,44 @@ async def test_three_replicas_share_one_limit_dedup_across_a_kill_and_ride_out_r
     await asyncio.sleep(RATE_WINDOW_S)
     shared_rate = _rate(sandbox, start_s, time.time())
     assert abs(shared_rate - RATE_PER_S) <= 0.05 * RATE_PER_S, shared_rate
+
+    # 1b. A pause through the control topic, typed as an operator does, stops all three; a
+    # resume restarts every replica. (Inside the backlog's delivery, not a phase of its own:
+    # it costs the drill only the seconds paused.)
+    repeats_before_pause = ledger.duplicates({VENDOR: sandbox})[VENDOR]
+    cli_config = relays[0].config_path
+    out = await _cli(cli_config, "vendor", "pause", VENDOR, "--reason", "fleet drill")
+    paused_s = time.time()  # measured from the moment the command returns
+    assert out.startswith(f"{VENDOR}: paused by ") and out.rstrip().endswith(": fleet drill")
+    pause_seen_s = list(await asyncio.gather(*[_paused_after_s(r, paused_s) for r in relays]))
+    assert max(pause_seen_s) < PAUSE_WITHIN_S, pause_seen_s
+    await asyncio.sleep(max(0.0, paused_s + PAUSE_WITHIN_S - time.time()))
+    held = [await _delivered(r) for r in relays]
+    await asyncio.sleep(PAUSE_WATCH_S)
+    accepted = list(sandbox.accepted)
+    late = [r for r in accepted if r.at_s > paused_s + PAUSE_WITHIN_S]
+    assert late == [], f"{len(late)} deliveries more than {PAUSE_WITHIN_S} s after the pause"
+    assert [await _delivered(r) for r in relays] == held, "a replica delivered while paused"
+    last_delivery_s = max(r.at_s for r in accepted) - paused_s
+    await _cli(cli_config, "vendor", "resume", VENDOR)
+    resumed_s = time.monotonic()
+    # Every replica delivers again (each works through what it had fetched for its partitions
+    # first, in fetch order, so which partition comes first is not the pause's to prove; phase
+    # 4's "every event delivered" shows that none was left paused).
+    first_delivery_s: list[float | None] = [None] * REPLICAS
+    while None in first_delivery_s:
+        assert time.monotonic() - resumed_s < RESTART_WITHIN_S, ("no delivery", first_delivery_s)
+        for i, relay in enumerate(relays):
+            if first_delivery_s[i] is None and await _delivered(relay) > held[i]:
+                first_delivery_s[i] = round(time.monotonic() - resumed_s, 2)
+        await asyncio.sleep(0.1)
+    paused_total_s = time.time() - paused_s
+    assert ledger.duplicates({VENDOR: sandbox})[VENDOR] == repeats_before_pause
+    print(
+        f"[drill] pause: /status paused on each replica {[round(s, 3) for s in pause_seen_s]} s"
+        f" after the command returned, last delivery at {last_delivery_s:+.2f} s; resume: "
+        f"first delivery per replica {first_delivery_s} s after the command returned"
+    )
 
     # 2. One replica killed: the others take its partitions and skip what it delivered.
     status = await scrape(relays[0].http_port)
@@ -195,7 +250,46 @@ async def test_three_replicas_share_one_limit_dedup_across_a_kill_and_ride_out_r
         fleet_outage_rate_per_s=round(outage_rate, 2),
         fleet_recovery_seconds=round(recovery_delay_s, 2),
         fleet_killed_at=round(killed_at, 1),
+        fleet_pause_seen_max_seconds=round(max(pause_seen_s), 3),
+        fleet_pause_last_delivery_seconds=round(last_delivery_s, 2),
+        fleet_resume_every_replica_seconds=max(s for s in first_delivery_s if s is not None),
+        fleet_paused_seconds=round(paused_total_s, 1),
     )
+
+
+async def _cli(config_path: Path, *args: str) -> str:
+    """Run `conversion-relay ARGS --config PATH` as an operator does (a process); its stdout."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service",
+        *args,
+        "--config",
+        str(config_path),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def _paused_after_s(relay: RelayProcess, since_s: float) -> float:
+    """Seconds after `since_s` (wall clock) until the relay's /status says the vendor is paused."""
+    url = f"http://127.0.0.1:{relay.http_port}/status"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        while True:
+            async with http.get(url) as resp:
+                body = await resp.json()
+            if body["vendors"][VENDOR]["control"]["paused"]:
+                return time.time() - since_s
+            assert time.time() - since_s < 10, "the pause never reached a replica"
+            await asyncio.sleep(0.02)
+
+
+async def _delivered(relay: RelayProcess) -> float:
+    return metric(await scrape(relay.http_port), DELIVERED, vendor=VENDOR, outcome="delivered")
 
 
 def _levels(relay: RelayProcess) -> tuple[Counter[str], Counter[str]]:

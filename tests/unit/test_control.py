@@ -145,7 +145,7 @@ def test_status_output_puts_who_why_when_on_its_own_line_within_80_columns() -> 
     assert lines[1].startswith("  paused by ops@host at 2026-12-07T15:31:02: vendor outage")
     assert lines[1].endswith("…") and max(len(line) for line in lines) <= 80
     assert lines[3].split()[0] == "VENDOR"
-    assert lines[4].split() == ["altcraft", "conversions", "0", "5", "9", "4", "paused"]
+    assert lines[4].split() == ["altcraft", "conversions", "0", "5", "9", "4", "paused", "-"]
 
 
 def test_the_control_topic_is_named_by_the_config_or_after_the_group_prefix() -> None:
