@@ -1,4 +1,5 @@
-"""A reproducible profile of the relay: `python -m bench.profile [--events N] [--vendors 1|5]`.
+"""A reproducible profile of the relay: `python -m bench.profile [--events N] [--vendors 1|5]
+[--input canonical|json|avro]`.
 
 Starts its own Tansu broker and the nginx sink on loopback, preloads N sample events, starts the
 relay exactly as the benchmark does (`python -m service run`, one vendor or the five, concurrency
@@ -6,7 +7,9 @@ C) and,
 from its first delivery to its last, samples it with py-spy (`record --format raw`, idle
 stacks left out). Then it prints a flame summary in Markdown: the share of samples per module
 group, and the top functions by self and by inclusive samples. `--output FILE` also writes it,
-`--raw FILE` keeps py-spy's folded stacks (for flamegraph.pl or speedscope). See bench/README.md.
+`--raw FILE` keeps py-spy's folded stacks (for flamegraph.pl or speedscope). `--input json` or
+`avro` profiles the `inputs` scenario's mapped CRM JSON or Avro (the stand-in registry on
+loopback) instead of canonical events (one vendor). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -186,7 +189,26 @@ async def profile(args: argparse.Namespace, work: Path) -> tuple[Run, Flame] | s
         topic = "profile"
         await kafka.make_topic(broker.bootstrap, topic)
         print(f"preloading {args.events:,} events ...", file=sys.stderr, flush=True)
-        await kafka.preload(broker.bootstrap, topic, sample_lines(args.events))
+        extra: dict[str, object] = {}
+        registry = None
+        if args.input == "canonical":
+            await kafka.preload(broker.bootstrap, topic, sample_lines(args.events))
+        else:
+            from bench import inputs
+            from service.devtools.registry import RegistryServer
+
+            lines = list(sample_lines(args.events))
+            if args.input == "avro":
+                registry = RegistryServer()
+                await registry.start()
+                schema_id = registry.register(inputs.subject(topic), inputs.CRM_SCHEMA)
+                pairs = inputs.avro_values(lines, schema_id)
+            else:
+                pairs = inputs.json_values(lines)
+            await inputs.preload_pairs(broker.bootstrap, topic, pairs)
+            extra = inputs.input_extra(
+                args.input, topic, registry.url if registry is not None else None
+            )
         sink = NginxSink(work)
         sink.wait_ready()
         vendors = (
@@ -204,6 +226,7 @@ async def profile(args: argparse.Namespace, work: Path) -> tuple[Run, Flame] | s
             relay.new_http_port(),
             "profile",
             args.transport,
+            **extra,
         )
         parsed = parse_config(config)
         routed = expected_deliveries(sample_lines(args.events), dict(parsed.vendors))
@@ -214,6 +237,8 @@ async def profile(args: argparse.Namespace, work: Path) -> tuple[Run, Flame] | s
         finally:
             run.proc.stop(timeout_s=30)
             sink.stop()
+            if registry is not None:
+                await registry.stop()
     finally:
         stop_all()
         broker.stop()
@@ -311,6 +336,13 @@ def main() -> None:
         "--transport",
         choices=("h1", "pyreqwest", "aiohttp"),
         help="the relay's http.transport (default: the relay's own default)",
+    )
+    parser.add_argument(
+        "--input",
+        choices=("canonical", "json", "avro"),
+        default="canonical",
+        help="what the topic holds: canonical events (default), the inputs scenario's mapped "
+        "CRM JSON, or its Avro through the stand-in registry (1 vendor only)",
     )
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument(

@@ -27,6 +27,7 @@ from bench import kafka, relay
 from bench.adaptive import adaptive_section
 from bench.ceilings.consume_latency import describe_consumer
 from bench.hotpath_scenario import hotpath_scenario
+from bench.inputs import inputs_scenario, registry_outage_scenario
 from bench.memory_stuck import memory_stuck
 from bench.procs import Proc, Usage, install_signal_handlers, python_module, stop_all, usage
 from bench.replay import replay_scenario
@@ -60,6 +61,8 @@ SCENARIOS = (
     "tls",
     "replay",
     "hotpath",
+    "inputs",
+    "registry_outage",
 )
 # The client ceilings: contender name → the HTTP library it posts with (bench/ceilings).
 CLIENTS = {
@@ -1121,6 +1124,15 @@ async def run_scenario(
             print("nginx is not installed (bench/setup.sh): skipping the TLS scenario", flush=True)
         else:
             await tls_scenario(bench, shared[0], lines)
+    elif scenario == "inputs":  # its own three topics; nginx, as the nginx scenario
+        if nginx_binary() is None:
+            print(
+                "nginx is not installed (bench/setup.sh): skipping the inputs scenario", flush=True
+            )
+        else:
+            await inputs_scenario(bench)
+    elif scenario == "registry_outage":
+        await registry_outage_scenario(bench)
 
 
 async def run(settings: Settings, scenarios: list[str]) -> str:
@@ -1279,7 +1291,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path
     # Always in SCENARIOS' order (and once each), whatever the order of --scenario.
     scenarios = [s for s in SCENARIOS if s in (args.scenario or SCENARIOS)]
     if args.quick and not args.scenario:  # the nginx-sink scenarios only when named
-        scenarios = [s for s in SCENARIOS if s not in ("nginx", "tls")]
+        scenarios = [s for s in SCENARIOS if s not in ("nginx", "tls", "inputs")]
     return settings, scenarios, output
 
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
-from service.core.inputs import Format, Mode, input_problems
+from service.core.inputs import REGISTRY_FORMATS, Format, Mode, input_problems
 from service.core.proxy import (
     ProxySetting,
     ProxySettingError,
@@ -178,9 +178,10 @@ class InputConfig(Strict, frozen=True):
     # The topic this input reads (listed in kafka.topics too: every topic read is there).
     topic: Annotated[str, msgspec.Meta(min_length=1)]
     # What its records are: `json` (the producer's own JSON object, mapped by `fields`),
-    # `cloudevents` (CloudEvents 1.0 in the Kafka binding, mapped by `fields`), `avro` (Avro in
-    # the Confluent Schema Registry wire format, decoded through `schema_registry:`, mapped by
-    # `fields`), or `canonical` (the relay's own event, as on every topic without an input).
+    # `cloudevents` (CloudEvents 1.0 in the Kafka binding, mapped by `fields`), `avro`,
+    # `protobuf` or `json_schema` (Avro, Protobuf or JSON Schema in the Confluent Schema Registry
+    # wire format, decoded through `schema_registry:`, mapped by `fields`), or `canonical` (the
+    # relay's own event, as on every topic without an input).
     format: Format = "json"
     # CloudEvents content mode: `auto` tells them apart per record (content-type
     # application/cloudevents+json = structured, ce_* headers = binary); `structured` or `binary`
@@ -193,7 +194,8 @@ class InputConfig(Strict, frozen=True):
 
 
 class SchemaRegistryConfig(Strict, frozen=True):
-    """The Confluent Schema Registry that `avro` inputs read their writers' schemas from."""
+    """The Confluent Schema Registry that `avro`, `protobuf` and `json_schema` inputs read their
+    writers' schemas from."""
 
     # Its base URL, `http(s)://host:port[/path]`.
     url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
@@ -301,7 +303,7 @@ class Config(Strict, frozen=True):
     # Topics whose records are a producer's own events (its JSON, CloudEvents), by a name of
     # your choice; topics not named here carry the canonical event.
     inputs: dict[str, InputConfig] = {}
-    # The Confluent Schema Registry of `format: avro` inputs.
+    # The Confluent Schema Registry of `format: avro`, `protobuf` and `json_schema` inputs.
     schema_registry: SchemaRegistryConfig | None = None
     # OpenTelemetry traces of deliveries (off by default).
     tracing: TracingConfig = TracingConfig()
@@ -524,9 +526,9 @@ def _check_semantics(config: Config, env: Mapping[str, str]) -> list[str]:
         )
     if config.schema_registry is None:
         problems.extend(
-            f"inputs.{name}.format: avro needs a `schema_registry:` section"
+            f"inputs.{name}.format: {entry.format} needs a `schema_registry:` section"
             for name, entry in config.inputs.items()
-            if entry.format == "avro"
+            if entry.format in REGISTRY_FORMATS
         )
     registry = config.schema_registry
     if registry is not None and (registry.username is None) != (registry.password is None):

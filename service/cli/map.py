@@ -14,12 +14,25 @@ from service.errors import RelayError, UsageError
 
 
 class _Sample:
-    """A record as the decode stage reads it: topic, value, headers."""
+    """A record as the decode stage reads it: topic, value, headers, and the key, timestamp,
+    partition and offset that `@` paths read (partition 0, offset the sample's index)."""
 
-    def __init__(self, topic: str, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+    def __init__(
+        self,
+        topic: str,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        key: str | None = None,
+        timestamp_ms: int | None = None,
+        offset: int = 0,
+    ) -> None:
         self.topic = topic
         self.value = value
         self.headers = tuple(headers)
+        self.key = None if key is None else key.encode("utf-8")
+        self.timestamp = -1 if timestamp_ms is None else timestamp_ms  # -1: none, as Kafka says
+        self.partition = 0
+        self.offset = offset
 
 
 def _header(text: str) -> tuple[str, bytes]:
@@ -94,7 +107,10 @@ def cmd_map(args: argparse.Namespace) -> int:
     failed = 0
     values = _values(args.file, args.lines)
     for index, value in enumerate(values, 1):
-        read: Any = _with_schemas(decode, _Sample(args.topic, value, args.header or []), registry)
+        sample = _Sample(
+            args.topic, value, args.header or [], args.key, args.timestamp_ms, index - 1
+        )
+        read: Any = _with_schemas(decode, sample, registry)
         where = f"record {index}: " if len(values) > 1 else ""
         if isinstance(read, Terminal):
             failed += 1
@@ -126,6 +142,15 @@ def add_commands(command: common.AddCommand) -> None:
         type=_header,
         metavar="NAME=VALUE",
         help="a record header, e.g. ce_id=42 for a binary CloudEvent (repeatable)",
+    )
+    mapping.add_argument(
+        "--key", help="the record's key, as text (what @key reads; default: no key)"
+    )
+    mapping.add_argument(
+        "--timestamp-ms",
+        type=int,
+        metavar="MS",
+        help="the record's timestamp in epoch milliseconds (what @timestamp reads; default: none)",
     )
     mapping.add_argument(
         "--lines", action="store_true", help="FILE holds one record per line (JSON Lines)"

@@ -1,11 +1,12 @@
 """What a topic's records are and how each becomes a canonical event: the relay's own JSON
 (`canonical`), a producer's own JSON through a declared mapping (`json`), CloudEvents in the
-Kafka protocol binding's structured or binary content mode (`cloudevents`), or Avro in the
-Confluent Schema Registry wire format (`avro`, service/core/registry.py).
+Kafka protocol binding's structured or binary content mode (`cloudevents`), or Avro, Protobuf
+or JSON Schema in the Confluent Schema Registry wire format (`avro`, `protobuf`, `json_schema`:
+service/core/registry.py).
 
 An `Input` turns a record's value and headers into a `ConversionEvent` or raises `EventError`
 (a `MappingError` names the field; a `RegistryEventError` carries its own DLQ reason), or, for
-`avro` on a schema not cached yet, `SchemaPending`: the record waits for the registry.
+a registry format on a schema not cached yet, `SchemaPending`: the record waits for the registry.
 """
 
 from __future__ import annotations
@@ -17,15 +18,30 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
-from service.core.mapping import Mapper, MappingError, compile_fields, spec_problems
-from service.core.registry import SchemaSource, read_framed
+from service.core.mapping import (
+    Mapper,
+    MappingError,
+    RecordMeta,
+    compile_fields,
+    spec_problems,
+)
+from service.core.registry import SCHEMA_TYPES, SchemaSource, read_framed
 from service.errors import EventError
 from service.events import ConversionEvent, decode_event
 
 Headers = Iterable[tuple[str | bytes, bytes | None]] | None
-Format = Literal["canonical", "json", "cloudevents", "avro"]
+Format = Literal["canonical", "json", "cloudevents", "avro", "protobuf", "json_schema"]
 Mode = Literal["auto", "structured", "binary"]
-FORMATS: tuple[Format, ...] = ("canonical", "json", "cloudevents", "avro")
+FORMATS: tuple[Format, ...] = (
+    "canonical",
+    "json",
+    "cloudevents",
+    "avro",
+    "protobuf",
+    "json_schema",
+)
+# The formats read through the Schema Registry (each needs a `schema_registry:` section).
+REGISTRY_FORMATS: tuple[Format, ...] = ("avro", "protobuf", "json_schema")
 
 # CloudEvents 1.0 context attributes (the Kafka binding carries each as a `ce_<name>` header in
 # binary mode); the mapping sees them, and `data`, at the root: `$.id`, `$.data.order.uuid`.
@@ -54,7 +70,9 @@ class Input(Protocol):
 
     format: str
 
-    def decode(self, value: bytes | None, headers: Headers) -> ConversionEvent:
+    def decode(
+        self, value: bytes | None, headers: Headers, record: RecordMeta | None = None
+    ) -> ConversionEvent:
         """The event; EventError (MappingError naming the field) when the record is not one."""
         ...
 
@@ -68,7 +86,9 @@ class CanonicalInput:
 
     format = "canonical"
 
-    def decode(self, value: bytes | None, headers: Headers) -> ConversionEvent:
+    def decode(
+        self, value: bytes | None, headers: Headers, record: RecordMeta | None = None
+    ) -> ConversionEvent:
         """The event, as `decode_event` reads it."""
         return decode_event(value)
 
@@ -81,12 +101,14 @@ class JsonInput:
     def __init__(self, fields: Mapping[str, Any]) -> None:
         self.mapper: Mapper = compile_fields(fields)
 
-    def decode(self, value: bytes | None, headers: Headers) -> ConversionEvent:
+    def decode(
+        self, value: bytes | None, headers: Headers, record: RecordMeta | None = None
+    ) -> ConversionEvent:
         """Decode the fields the mapping reads, then map them."""
         if value is None:
             raise _tombstone()
         mapper = self.mapper
-        return mapper.apply(mapper.decode(value))
+        return mapper.apply(mapper.decode(value), record)
 
 
 def _media_type(content_type: str | None) -> str:
@@ -117,7 +139,9 @@ class CloudEventsInput:
         # Extension attributes the mapping reads below (`$.tenant.id`): a header is text only.
         self._structured_only = {k for k in self._keys if self.mapper.reads_into(k)} - _PAYLOAD
 
-    def decode(self, value: bytes | None, headers: Headers) -> ConversionEvent:
+    def decode(
+        self, value: bytes | None, headers: Headers, record: RecordMeta | None = None
+    ) -> ConversionEvent:
         """The event the mapping makes of the CloudEvent; MappingError saying what is wrong."""
         found: dict[str, tuple[str, bytes]] = {}  # attribute → (header name, raw value)
         content_type: str | None = None
@@ -153,7 +177,7 @@ class CloudEventsInput:
             if value is None:
                 raise _tombstone()
             root = self._structured(value)
-        return self.mapper.apply(root)
+        return self.mapper.apply(root, record)
 
     def _binary(
         self, value: bytes | None, attributes: dict[str, str], content_type: str | None
@@ -211,26 +235,57 @@ class AvroInput:
     record decoded by its writer's schema from the registry, then mapped by `fields`.
 
     A schema not cached yet raises SchemaPending (the record waits for the registry); an id the
-    registry does not know, or bytes that do not match their schema, raise RegistryEventError
-    (dead-lettered as unknown_schema / undecodable)."""
+    registry does not know, bytes that do not match their schema, or a schema of another type
+    (PROTOBUF on an avro input) raise RegistryEventError (dead-lettered as unknown_schema /
+    undecodable). ProtobufInput and JsonSchemaInput are the same for their schema types."""
 
     format = "avro"
 
-    def __init__(self, fields: Mapping[str, Any], source: SchemaSource | None) -> None:
+    def __init__(
+        self, fields: Mapping[str, Any], source: SchemaSource | None, name: str = ""
+    ) -> None:
         # Converted into the mapper's Structs, as JSON is decoded into them: measured faster to
         # map than the dicts themselves (`plain`), 2.8 against 3.6 µs a record.
         self.mapper: Mapper = compile_fields(fields)
         self.source = source  # None only to check a config (nothing is decoded then)
+        self._schema_type = SCHEMA_TYPES[self.format]
+        # What a record of a schema of another type is told (`inputs.shop.format is avro`).
+        self._where = f"inputs.{name}.format" if name else "the input's format"
+        self._where += f" is {self.format}"
 
-    def decode(self, value: bytes | None, headers: Headers) -> ConversionEvent:
+    def decode(
+        self, value: bytes | None, headers: Headers, record: RecordMeta | None = None
+    ) -> ConversionEvent:
         """Unframe, decode by the cached schema, map."""
         if value is None:
             raise _tombstone()
         source = self.source
         if source is None:
-            raise RuntimeError("an avro input decodes only with a schema registry")
+            raise RuntimeError(f"a {self.format} input decodes only with a schema registry")
         mapper = self.mapper
-        return mapper.apply(mapper.convert(read_framed(value, source)))
+        decoded = read_framed(value, source, self._schema_type, self._where)
+        return mapper.apply(mapper.convert(decoded), record)
+
+
+class ProtobufInput(AvroInput):
+    """Protobuf in the Confluent wire format (the header, the message indexes, the message),
+    decoded to dicts by its writer's schema (service/core/protobuf.py), mapped by `fields`."""
+
+    format = "protobuf"
+
+
+class JsonSchemaInput(AvroInput):
+    """JSON in the Confluent wire format, validated against its writer's JSON Schema
+    (service/core/json_schema.py), mapped by `fields`."""
+
+    format = "json_schema"
+
+
+_FRAMED: dict[str, type[AvroInput]] = {
+    "avro": AvroInput,
+    "protobuf": ProtobufInput,
+    "json_schema": JsonSchemaInput,
+}
 
 
 def _text(raw: bytes, name: str) -> str:
@@ -262,11 +317,14 @@ def build_input(
     fields: Mapping[str, Any],
     mode: Mode = "auto",
     schemas: SchemaSource | None = None,
+    name: str = "",
 ) -> Input:
     """The compiled input of one `inputs:` entry (raises SpecError if it cannot compile);
-    `schemas` is the registry an `avro` input reads its writers' schemas from."""
-    if format == "avro":
-        return AvroInput(fields, schemas)
+    `schemas` is the registry a registry format's input reads its writers' schemas from, `name`
+    the entry's (named by the message of a record whose schema is of another type)."""
+    framed = _FRAMED.get(format)
+    if framed is not None:
+        return framed(fields, schemas, name)
     if format == "json":
         return JsonInput(fields)
     if format == "cloudevents":
@@ -282,7 +340,7 @@ def input_problems(format: Format, fields: Mapping[str, Any], mode: Mode) -> lis
         )
         return found + ([("mode", "only for format: cloudevents")] if mode != "auto" else [])
     problems: list[tuple[str, str]] = []
-    if format in ("json", "avro") and mode != "auto":
+    if format != "cloudevents" and mode != "auto":
         problems.append(("mode", "only for format: cloudevents"))
     defaults = CE_DEFAULTS if format == "cloudevents" else None
     for exc in spec_problems(fields, defaults):
@@ -314,9 +372,9 @@ class InputLike(Protocol):
 def inputs_by_topic(
     inputs: Mapping[str, InputLike], schemas: SchemaSource | None = None
 ) -> dict[str, Input]:
-    """Each configured topic's compiled input (topics not named are canonical); `avro` inputs
-    read their schemas from `schemas` (the schema registry client)."""
+    """Each configured topic's compiled input (topics not named are canonical); registry
+    formats' inputs read their schemas from `schemas` (the schema registry client)."""
     return {
-        entry.topic: build_input(entry.format, entry.fields, entry.mode, schemas)
-        for entry in inputs.values()
+        entry.topic: build_input(entry.format, entry.fields, entry.mode, schemas, name)
+        for name, entry in inputs.items()
     }

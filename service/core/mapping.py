@@ -13,7 +13,9 @@ Nothing is parsed per record from text. A record that does not fit raises `Mappi
 `EventError`, so it is dead-lettered as `invalid_event`) naming the target field and its source.
 
 Source expressions: `PATH [OP NUMBER] [| CONVERSION]`, PATH = `$` then `.name`, `["any key"]` or
-`[index]` steps; OP one of `* / + -`; CONVERSION one of `CONVERSIONS`.
+`[index]` steps, or one of the Kafka record's own (`RECORD_PATHS`: `@key`, `@timestamp`,
+`@topic`, `@partition`, `@offset`, `@headers.NAME`); OP one of `* / + -`; CONVERSION one of
+`CONVERSIONS`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import operator
 import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -194,10 +196,40 @@ CONVERSIONS: dict[str, Callable[[Any], Any]] = {
 
 
 class Path(msgspec.Struct, frozen=True):
-    """A parsed source path: `$` then key (str) and index (int) steps."""
+    """A parsed source path: `$` then key (str) and index (int) steps; `record`: a path into
+    the Kafka record itself (`@key`: steps ("key",); `@headers.NAME`: ("headers", NAME))."""
 
     text: str
     steps: tuple[str | int, ...]
+    record: bool = False
+
+
+# What `@` paths read of the Kafka record, as Kafka Connect's InsertField and Redpanda Connect's
+# metadata give them: the key and header values as UTF-8 text, the timestamp in epoch
+# milliseconds (map it with `| epoch_ms`), the topic, partition and offset as they are.
+RECORD_PATHS = ("key", "timestamp", "topic", "partition", "offset", "headers")
+
+
+class RecordMeta(Protocol):
+    """The Kafka record around a value (aiokafka's ConsumerRecord is one)."""
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def timestamp(self) -> int: ...
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def headers(self) -> Any: ...
 
 
 class Expr(msgspec.Struct, frozen=True):
@@ -213,8 +245,13 @@ class Expr(msgspec.Struct, frozen=True):
 def parse_path(text: str) -> Path:
     """`$.order.items[0]["unit price"]` → its steps; ValueError saying what is wrong."""
     text = text.strip()
+    if text.startswith("@"):
+        return _record_path(text)
     if not text.startswith("$"):
-        raise ValueError(f"a path starts with $, got {text!r}")
+        raise ValueError(
+            f"a path starts with $ (the record's value) or @ (its key, timestamp, "
+            f"topic, partition, offset or headers), got {text!r}"
+        )
     steps: list[str | int] = []
     pos = 1
     while pos < len(text):
@@ -241,6 +278,39 @@ def parse_path(text: str) -> Path:
     if isinstance(steps[0], int):
         raise ValueError(f"{text!r}: a record is a JSON object; start with $.name")
     return Path(text, tuple(steps))
+
+
+_RECORD_NAME = re.compile(r"@([A-Za-z_]+)")
+
+
+def _record_path(text: str) -> Path:
+    """`@key`, `@timestamp`, `@topic`, `@partition`, `@offset`, `@headers.NAME` (or
+    `@headers["any name"]`) → a record Path; ValueError saying what is wrong."""
+    choices = ", ".join(f"@{name}" for name in RECORD_PATHS[:-1]) + ", @headers.NAME"
+    match = _RECORD_NAME.match(text)
+    if match is None or match.group(1) not in RECORD_PATHS:
+        raise ValueError(
+            f"unknown record path {text!r}; choose from {choices} (a constant starting with @ "
+            "is written {const: ...})"
+        )
+    name, rest = match.group(1), text[match.end() :]
+    if name != "headers":
+        if rest:
+            raise ValueError(f"{text!r}: @{name} is a whole value (nothing below it to read)")
+        return Path(text, (name,), record=True)
+    header: str | None = None
+    for pattern in (_NAME, _QUOTED):
+        found = pattern.fullmatch(rest)
+        if found is None:
+            continue
+        if pattern is _QUOTED:
+            quoted = found.group(1) if found.group(1) is not None else found.group(2)
+            header = re.sub(r"\\(.)", r"\1", quoted)
+        else:
+            header = found.group(1)
+    if not header:
+        raise ValueError(f'{text!r}: name one header, as @headers.NAME or @headers["any name"]')
+    return Path(text, ("headers", header), record=True)
 
 
 def parse_expr(text: str) -> Expr:
@@ -295,7 +365,9 @@ def _check_target(target: str) -> None:
 
 def _expr(target: str, where: str, text: Any) -> Expr:
     if not isinstance(text, str):
-        raise SpecError(where, f"expected an expression ($.path), got {_type_name(text)}")
+        raise SpecError(
+            where, f"expected an expression ($.path or @key...), got {_type_name(text)}"
+        )
     try:
         return parse_expr(text)
     except ValueError as exc:
@@ -305,7 +377,7 @@ def _expr(target: str, where: str, text: Any) -> Expr:
 def parse_field(target: str, spec: Any) -> FieldSpec:
     """A target's spec (a `$` expression, a constant, or `{from, as, map, default, const}`)."""
     _check_target(target)
-    if isinstance(spec, str) and spec.lstrip().startswith("$"):
+    if isinstance(spec, str) and spec.lstrip().startswith(("$", "@")):
         return _timed(FieldSpec(target=target, source=_expr(target, target, spec)), target)
     if not isinstance(spec, dict):
         if isinstance(spec, list) and target != "vendors" and target != "order.categories":
@@ -501,6 +573,8 @@ def _accessor(root: _Node, path: Path) -> Callable[[Any], Any]:
 
 
 _Getter = Callable[[Any], Any]
+# The generated function: (decoded value, Kafka record or None) → the event's plain data.
+_Build = Callable[[Any, Any], dict[str, Any]]
 
 
 def _transform(spec: FieldSpec, fail: Callable[[str, _Fault], MappingError]) -> _Getter | None:
@@ -588,13 +662,13 @@ def _generate(
     tree: _Node,
     fail: Callable[[str, _Fault], MappingError],
     inline: bool = True,
-) -> tuple[_Getter, str]:
+) -> tuple[_Build, str]:
     """Generate the one function that makes a record's event data: straight-line code, each
     field's access inlined (no loop, no call per plain field, each object on the way read once).
     Values from the config (constants, maps, defaults) are bound as names, never written into
     the source; keys are written as repr() literals."""
     namespace: dict[str, Any] = {"_fail": fail, "_Fault": _Fault, "_object": _object}
-    lines = ["def build(root):"]
+    lines = ["def build(root, record=None):"]
     prefixes: dict[tuple[str, ...], str] = {}
 
     def read(chain: list[str]) -> str:
@@ -621,8 +695,11 @@ def _generate(
             namespace[f"c{index}"] = spec.const
             lines.append(f"    {var} = c{index}")
         else:
-            chain = _attribute_chain(tree, spec.source.path)
-            if chain is not None:
+            chain = None if spec.source.path.record else _attribute_chain(tree, spec.source.path)
+            if spec.source.path.record:
+                namespace[f"g{index}"] = _record_getter(spec.source.path, spec.target, fail)
+                lines.append(f"    {var} = g{index}(record)")
+            elif chain is not None:
                 lines.append(f"    {var} = {read(chain)}")
             else:
                 namespace[f"g{index}"] = _accessor(tree, spec.source.path)
@@ -688,8 +765,50 @@ def _generate(
     source = "\n".join(lines) + "\n"
     # Our own source: names and keys are repr()s, config values are bound as names.
     exec(compile(source, "<input mapping>", "exec"), namespace)
-    build: _Getter = namespace["build"]
+    build: _Build = namespace["build"]
     return build, source
+
+
+def _record_getter(
+    path: Path, target: str, fail: Callable[[str, _Fault], MappingError]
+) -> Callable[[RecordMeta | None], Any]:
+    """A function from the Kafka record to what an `@` path reads (None when absent)."""
+    name = path.steps[0]
+
+    def text(raw: Any, what: str) -> str | None:
+        if raw is None:
+            return None
+        if type(raw) is str:
+            return raw
+        try:
+            return bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise fail(target, _Fault(f"{what} is not UTF-8 text (byte {exc.start})")) from None
+
+    if name == "key":
+        return lambda record: None if record is None else text(record.key, "the record's key")
+    if name == "timestamp":
+        # -1: a record without a timestamp (the message format before Kafka 0.10).
+        return lambda record: (
+            None
+            if record is None or record.timestamp is None or record.timestamp < 0
+            else record.timestamp
+        )
+    if name != "headers":
+        return lambda record: None if record is None else getattr(record, str(name))
+    header = str(path.steps[1])
+    wanted = header.encode()
+
+    def by_header(record: RecordMeta | None) -> Any:
+        if record is None or not record.headers:
+            return None
+        found = None
+        for key, value in record.headers:  # the last one of a repeated header wins
+            if key in (header, wanted):
+                found = value
+        return text(found, f"header {header}")
+
+    return by_header
 
 
 def _object(value: Any, target: str, fail: Callable[[str, _Fault], MappingError]) -> dict[str, Any]:
@@ -707,7 +826,7 @@ class Mapper:
     def __init__(
         self, specs: list[FieldSpec], forced_keys: Iterable[str] = (), plain: bool = False
     ) -> None:
-        paths = [s.source.path for s in specs if s.source is not None]
+        paths = [s.source.path for s in specs if s.source is not None and not s.source.path.record]
         tree = _tree(paths, forced_keys)
         if plain:  # records already decoded to dicts (e.g. Avro by its schema): item steps
             tree.whole = True
@@ -718,7 +837,11 @@ class Mapper:
         self._tree = tree
         self.specs = specs
         self._shown = {s.target: s.shown for s in specs}
-        self._by_path = [(_renders(s.source.path), s.target) for s in specs if s.source]
+        self._by_path = [
+            (_renders(s.source.path), s.target)
+            for s in specs
+            if s.source is not None and not s.source.path.record
+        ]
         self._build, self.source = _generate(specs, tree, self._fail)
         # The same without inlined arithmetic: run only when the fast one overflowed (a number
         # past a float's range), so the field to blame is named.
@@ -785,20 +908,21 @@ class Mapper:
     def _fail(self, target: str, fault: _Fault) -> MappingError:
         return MappingError(f"{target} (from {self._shown[target]}): {fault}", field=target)
 
-    def fields(self, root: Any) -> dict[str, Any]:
+    def fields(self, root: Any, record: RecordMeta | None = None) -> dict[str, Any]:
         """The event's fields as plain data, before validation (for benches and tests)."""
         try:
-            built: dict[str, Any] = self._build(root)
+            built: dict[str, Any] = self._build(root, record)
         except OverflowError:
-            built = self._careful(root)
+            built = self._careful(root, record)
         return built
 
-    def apply(self, root: Any) -> ConversionEvent:
-        """The canonical event made from a decoded record."""
+    def apply(self, root: Any, record: RecordMeta | None = None) -> ConversionEvent:
+        """The canonical event made from a decoded value and the Kafka record around it (what
+        `@` paths read; None when there is none, e.g. a sample file: they read null)."""
         try:
-            built = self._build(root)
+            built = self._build(root, record)
         except OverflowError:
-            built = self._careful(root)
+            built = self._careful(root, record)
         try:
             # Lax: a numeric string fills a number field, epoch seconds become a UTC time.
             return msgspec.convert(built, ConversionEvent, strict=False)

@@ -1,6 +1,8 @@
 """The Confluent Schema Registry wire format, pure: a record's value is magic byte 0, a 4-byte
-big-endian schema id, then the payload in that schema (Avro here). Schemas are compiled once per
-id and kept in a bounded cache; the I/O that fills it is service/delivery/registry.py.
+big-endian schema id, then the payload in that schema: Avro here, Protobuf in
+service/core/protobuf.py, JSON Schema in service/core/json_schema.py. Schemas are compiled once
+per id and kept in one bounded cache whatever their type; the I/O that fills it is
+service/delivery/registry.py.
 
 A record whose schema is not cached yet is neither an event nor an invalid one: `SchemaPending`
 says so, and its record waits (never dead-lettered) until the registry has answered.
@@ -11,12 +13,16 @@ from __future__ import annotations
 import io
 import struct
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import orjson
 
 from service.errors import EventError
+
+if TYPE_CHECKING:
+    from service.core.json_schema import JsonSchema
+    from service.core.protobuf import ProtobufSchema
 
 MAGIC = 0
 HEADER_BYTES = 5  # magic byte + 4-byte schema id
@@ -49,7 +55,8 @@ class SchemaPending(Exception):
 
 
 class Unusable:
-    """What the registry answered for an id that decodes nothing: unknown, or not Avro."""
+    """What the registry answered for an id that decodes nothing: unknown, or no schema that
+    compiles."""
 
     __slots__ = ("dlq_reason", "message")
 
@@ -103,6 +110,8 @@ class AvroSchema:
 
     __slots__ = ("_named", "_parsed", "_read", "schema_id")
 
+    schema_type = "AVRO"
+
     def __init__(self, schema_id: int, schema: Any) -> None:
         self.schema_id = schema_id
         self._named: dict[str, dict[str, Any]] = {"writer": {}, "reader": {}}
@@ -128,7 +137,10 @@ class AvroSchema:
         return record
 
 
-Cached = AvroSchema | Unusable
+# A compiled schema of any type (each has `schema_type` and `read`), or why an id decodes nothing.
+Cached: TypeAlias = "AvroSchema | ProtobufSchema | JsonSchema | Unusable"
+# The schema type each framed input format reads (a schema of another type is dead-lettered).
+SCHEMA_TYPES = {"avro": "AVRO", "protobuf": "PROTOBUF", "json_schema": "JSON"}
 
 
 def frame(schema_id: int, payload: bytes) -> bytes:
@@ -152,18 +164,48 @@ def parse_for_writing(schema: Any) -> Any:
     return _fastavro().parse_schema(_plain_types(schema))
 
 
-def compile_schema(schema_id: int, schema_type: str, schema_text: str) -> Cached:
-    """What a registry answer becomes in the cache: an AvroSchema, or why it decodes nothing."""
-    if schema_type.upper() != "AVRO":
-        return Unusable(
-            UNDECODABLE, f"schema {schema_id} is {schema_type}; this relay decodes AVRO only"
-        )
+def compile_schema(
+    schema_id: int,
+    schema_type: str,
+    schema_text: str,
+    imports: Sequence[tuple[str, bytes]] = (),
+    references: Sequence[str] = (),
+) -> Cached:
+    """What a registry answer becomes in the cache: the compiled schema, or why it decodes
+    nothing. A PROTOBUF schema is a base64 FileDescriptorProto (`?format=serialized`), `imports`
+    the files its references name, already fetched; a JSON schema's `references` are not
+    resolved (named here to say so)."""
+    kind = schema_type.upper()
     try:
-        return AvroSchema(schema_id, orjson.loads(schema_text))
-    except Exception as exc:  # not JSON, or not an Avro schema fastavro accepts
+        if kind == "AVRO":
+            return AvroSchema(schema_id, orjson.loads(schema_text))
+        if kind == "PROTOBUF":
+            from service.core.protobuf import ProtobufSchema, serialized
+
+            raw = serialized(schema_text)
+            if raw is None:
+                return Unusable(
+                    UNDECODABLE,
+                    f"schema {schema_id} is .proto text; the relay reads it serialized "
+                    "(?format=serialized)",
+                )
+            return ProtobufSchema(schema_id, raw, imports)
+        if kind == "JSON":
+            if references:
+                return Unusable(
+                    UNDECODABLE,
+                    f"schema {schema_id} references {', '.join(references)}: JSON Schema "
+                    "references are not resolved",
+                )
+            from service.core.json_schema import JsonSchema
+
+            return JsonSchema(schema_id, orjson.loads(schema_text))
+    except Exception as exc:  # not JSON, or no schema its library accepts
         return Unusable(
-            UNDECODABLE, f"schema {schema_id} cannot be compiled: {type(exc).__name__}: {exc}"
+            UNDECODABLE,
+            f"schema {schema_id} cannot be compiled: {type(exc).__name__}: {exc}"[:300],
         )
+    return Unusable(UNDECODABLE, f"schema {schema_id} is {schema_type}, which no input decodes")
 
 
 class SchemaCache:
@@ -215,13 +257,22 @@ def split_frame(value: bytes) -> tuple[int, memoryview]:
     return _ID.unpack_from(value, 1)[0], memoryview(value)[HEADER_BYTES:]
 
 
-def read_framed(value: bytes, source: SchemaSource) -> Any:
-    """The record a framed value holds, decoded by its schema; SchemaPending on a cache miss."""
+def read_framed(
+    value: bytes, source: SchemaSource, schema_type: str = "AVRO", where: str = ""
+) -> Any:
+    """The record a framed value holds, decoded by its schema; SchemaPending on a cache miss,
+    RegistryEventError (undecodable) when the schema is not of `schema_type` (the type the
+    input's format reads: `where` names that format, e.g. `inputs.shop.format is avro`)."""
     schema_id, payload = split_frame(value)
     entry = source.cached(schema_id)
     if entry is None:
         raise SchemaPending(schema_id, source)
     if type(entry) is Unusable:
         raise RegistryEventError(entry.message, entry.dlq_reason)
-    assert type(entry) is AvroSchema
-    return entry.read(payload)
+    decoder: Any = entry
+    if decoder.schema_type != schema_type:
+        said = where or f"the input reads {schema_type}"
+        raise RegistryEventError(
+            f"schema {schema_id} is {decoder.schema_type}; {said}", UNDECODABLE
+        )
+    return decoder.read(payload)

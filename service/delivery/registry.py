@@ -1,5 +1,12 @@
-"""The Confluent Schema Registry client of `avro` inputs: `GET /schemas/ids/{id}`, one fetch
-per id at a time, its answer compiled into the bounded cache (service/core/registry.py).
+"""The Confluent Schema Registry client of `avro`, `protobuf` and `json_schema` inputs:
+`GET /schemas/ids/{id}`, one fetch per id at a time, its answer compiled into the bounded cache
+(service/core/registry.py).
+
+A PROTOBUF schema is read as the base64 FileDescriptorProto confluent-kafka's serializer
+registers; a registry answering with .proto text (its default) is asked again with
+`?format=serialized`. Its `references` (imported files under other subjects) are fetched with
+`GET /subjects/{subject}/versions/{version}?format=serialized`, each before the files that
+import it; the well-known google/protobuf/*.proto files are built in, never fetched.
 
 A registry that is down, slow or refusing (5xx, timeout, connection error, 401/403) never
 dead-letters a record: the records that need its schema wait, the fetch is tried again every
@@ -17,14 +24,22 @@ import random
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 import aiohttp
 import orjson
 
 from service.config import SchemaRegistryConfig
-from service.core.registry import UNKNOWN_SCHEMA, Cached, SchemaCache, Unusable, compile_schema
+from service.core.protobuf import is_builtin, serialized
+from service.core.registry import (
+    UNDECODABLE,
+    UNKNOWN_SCHEMA,
+    Cached,
+    SchemaCache,
+    Unusable,
+    compile_schema,
+)
 from service.logs import redact
 from service.metrics import Metrics
 
@@ -33,6 +48,8 @@ log = logging.getLogger("conversion_relay.schema_registry")
 _CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 _ACCEPT = f"{_CONTENT_TYPE}, application/json"
 _SCHEMA_NOT_FOUND = 40403
+# Subject not found, version not found: a reference naming what the registry does not hold.
+_VERSION_NOT_FOUND = (40401, 40402)
 _JITTER = 0.2
 
 
@@ -41,7 +58,7 @@ class RegistryDown(Exception):
 
 
 class SchemaRegistryClient:
-    """Fetches and caches writer schemas by id; the `SchemaSource` of every `avro` input."""
+    """Fetches and caches writer schemas by id; the `SchemaSource` of every registry input."""
 
     def __init__(self, config: SchemaRegistryConfig, metrics: Metrics | None = None) -> None:
         self.config = config
@@ -145,26 +162,74 @@ class SchemaRegistryClient:
             self.cache.put(schema_id, entry)
             return
 
-    async def _get(self, schema_id: int) -> Cached:
+    async def _request(self, path: str) -> tuple[int, dict[str, Any], bytes]:
+        """(status, JSON answer, body) of a GET; RegistryDown when no answer came."""
         if self._session is None:
             self._session = self._make_session()
-        url = f"{self._base}/schemas/ids/{schema_id}"
         try:
-            async with self._session.get(url) as response:
+            async with self._session.get(f"{self._base}{path}") as response:
                 body = await response.read()
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise RegistryDown(f"{type(exc).__name__}: {exc}") from None
-        answer = _json(body)
+        return status, _json(body), body
+
+    async def _get(self, schema_id: int) -> Cached:
+        path = f"/schemas/ids/{schema_id}"
+        status, answer, body = await self._request(path)
         if status == 200 and isinstance(answer.get("schema"), str):
-            return compile_schema(
-                schema_id, str(answer.get("schemaType") or "AVRO"), answer["schema"]
-            )
+            kind = str(answer.get("schemaType") or "AVRO").upper()
+            text: str = answer["schema"]
+            if kind == "PROTOBUF" and serialized(text) is None:
+                # .proto text, a real registry's default: the FileDescriptorProto, as the
+                # deserializer asks for it.
+                status, answer, body = await self._request(f"{path}?format=serialized")
+                if status != 200 or not isinstance(answer.get("schema"), str):
+                    _no_answer(status, answer, body)
+                text = answer["schema"]
+            references = _references(answer)
+            if kind == "PROTOBUF" and references:
+                imports = await self._imports(schema_id, references, set())
+                if isinstance(imports, Unusable):
+                    return imports
+                return compile_schema(schema_id, kind, text, imports)
+            return compile_schema(schema_id, kind, text, references=[r[0] for r in references])
         if status == 404 and answer.get("error_code") == _SCHEMA_NOT_FOUND:
             return Unusable(UNKNOWN_SCHEMA, f"schema id {schema_id} is not in the registry")
-        # Anything else (5xx, 401/403, a 404 from a wrong URL) is no answer about the id.
-        message = answer.get("message") or body[:200].decode("utf-8", "replace")
-        raise RegistryDown(f"HTTP {status}: {message}")
+        _no_answer(status, answer, body)
+
+    async def _imports(
+        self, schema_id: int, references: list[tuple[str, str, int]], seen: set[str]
+    ) -> list[tuple[str, bytes]] | Unusable:
+        """The serialized files a protobuf schema's references name (and theirs, first), or why
+        one cannot be had (a subject or version the registry does not hold: undecodable)."""
+        found: list[tuple[str, bytes]] = []
+        for name, subject, version in references:
+            if is_builtin(name) or name in seen:
+                continue
+            seen.add(name)
+            path = f"/subjects/{quote(subject, safe='')}/versions/{version}?format=serialized"
+            status, answer, body = await self._request(path)
+            if status == 404 and answer.get("error_code") in _VERSION_NOT_FOUND:
+                return Unusable(
+                    UNDECODABLE,
+                    f"schema {schema_id} imports {name} (subject {subject} version {version}), "
+                    "which is not in the registry",
+                )
+            if status != 200 or not isinstance(answer.get("schema"), str):
+                _no_answer(status, answer, body)
+            raw = serialized(answer["schema"])
+            if raw is None:
+                return Unusable(
+                    UNDECODABLE,
+                    f"schema {schema_id} imports {name} (subject {subject} version {version}), "
+                    "which the registry gave as .proto text, not serialized",
+                )
+            nested = await self._imports(schema_id, _references(answer), seen)
+            if isinstance(nested, Unusable):
+                return nested
+            found += [*nested, (name, raw)]
+        return found
 
     async def register(self, subject: str, schema_text: str, schema_type: str = "AVRO") -> int:
         """The id of a schema under a subject (`POST /subjects/{subject}/versions`: registered as
@@ -214,6 +279,24 @@ class SchemaRegistryClient:
         if self._metrics is not None:
             self._metrics.schema_registry_down.set(0)
         log.info("schema registry reachable again after %.1fs", time.time() - down)
+
+
+def _no_answer(status: int, answer: dict[str, Any], body: bytes) -> NoReturn:
+    """Anything else (5xx, 401/403, a 404 from a wrong URL) is no answer about the id."""
+    message = answer.get("message") or body[:200].decode("utf-8", "replace")
+    raise RegistryDown(f"HTTP {status}: {message}")
+
+
+def _references(answer: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """(name, subject, version) of each reference an answer lists."""
+    found = answer.get("references")
+    if not isinstance(found, list):
+        return []
+    return [
+        (str(r.get("name")), str(r.get("subject")), int(r.get("version") or -1))
+        for r in found
+        if isinstance(r, dict)
+    ]
 
 
 def _json(body: bytes) -> dict[str, Any]:

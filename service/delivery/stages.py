@@ -100,7 +100,7 @@ class TopicInputs:
         try:
             if chosen is None:
                 return decode_event(record.value)
-            return chosen.decode(record.value, record.headers)
+            return chosen.decode(record.value, record.headers, record)
         except EventError as error:
             return invalid(error)
         except SchemaPending as pending:

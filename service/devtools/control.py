@@ -1,6 +1,7 @@
 """Break a dev-mode vendor by hand: a small HTTP control endpoint over the sandboxes' faults.
 
     GET  /vendors                          every vendor's state and faults
+    GET  /vendors/{name}/received?last=100 the last N requests its sandbox accepted, parsed
     POST /vendors/{name}/down              close the vendor's port (connection refused)
     POST /vendors/{name}/up                listen again
     POST /vendors/{name}/errors?rate=0.3   answer that share of requests with 503 (&status=500)
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from service.core.faults import MODES, checked_value
@@ -116,8 +118,31 @@ def control_app(control: SandboxControl) -> web.Application:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"vendor": name, "state": state})
 
+    async def received(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in control.sandboxes:
+            valid = ", ".join(sorted(control.sandboxes))
+            return web.json_response(
+                {"error": f"{name}: no such vendor; one of {valid}"}, status=404
+            )
+        raw = request.query.get("last", "100")
+        if not raw.isdigit():
+            return web.json_response(
+                {"error": f"last={raw}: expected a whole number of requests"}, status=400
+            )
+        accepted = control.sandboxes[name].accepted
+        shown = accepted[len(accepted) - min(int(raw), len(accepted)) :]
+        body = {
+            "vendor": name,
+            "accepted": control.sandboxes[name].accepted_total,
+            "last": [{"at_s": r.at_s, "path": r.path, "payload": r.payload} for r in shown],
+        }
+        # default=str: a parsed XML or form body may hold values JSON has no type for.
+        return web.Response(body=orjson.dumps(body, default=str), content_type="application/json")
+
     app = web.Application()
     app.router.add_get("/vendors", vendors)
+    app.router.add_get("/vendors/{name}/received", received)
     app.router.add_post("/vendors/{name}/{mode}", fault)
     return app
 

@@ -39,6 +39,7 @@ from service.devtools.chaos import run_tour, tour
 from service.devtools.control import SandboxControl, start_control
 from service.devtools.demo import sample_event
 from service.devtools.demo_avro import avro_traffic
+from service.devtools.demo_crm import crm_traffic
 from service.devtools.embedded import EmbeddedBroker, create_topics
 from service.devtools.paths import default_config_path, state_path
 from service.devtools.publish import record_key
@@ -63,6 +64,9 @@ from service.vendors import protocol_tag
 INVALID_EVERY = 97  # one malformed record now and then, so the DLQ has something to show
 PLAIN_EVERY_S = 5.0  # how often a plain progress block is printed when stdout is no terminal
 SHUTDOWN_S = 0.5  # the relay's drain is cut off after this; the whole exit stays under 2 s
+# Requests each sandbox remembers (for GET /vendors/{name}/received): a dev run left up for a
+# day keeps its memory flat; the counts in /stats are whole.
+DEV_KEEP = 1_000
 # The tour breaks these first (the rest of the dev vendors stay healthy).
 CHAOS_ORDER = ("expertsender", "sustain_impact", "altcraft")
 _VAR = re.compile(r"\$\{([A-Z0-9_]+)\}")
@@ -361,7 +365,9 @@ async def run_dev(options: DevOptions | None = None) -> int:
         config = parse_config(yaml.safe_load(text), {})
         for name, vendor in config.vendors.items():
             # Pinned to the vendor's config: the sandbox checks its credentials and account too.
-            sandbox = Sandbox(contract_for(protocol_tag(vendor), vendor), port=ports[name])
+            sandbox = Sandbox(
+                contract_for(protocol_tag(vendor), vendor), port=ports[name], keep=DEV_KEEP
+            )
             sandboxes[name] = sandbox
             await sandbox.start()
         control = SandboxControl(sandboxes)
@@ -394,24 +400,27 @@ async def run_dev(options: DevOptions | None = None) -> int:
                 )
             )
         )
-        for entry in config.inputs.values():  # a quarter of the rate in the shop's Avro
-            if entry.format == "avro":
-                tasks.append(
-                    asyncio.create_task(
-                        avro_traffic(
-                            broker.bootstrap,
-                            entry.topic,
-                            registry.url,
-                            options.events_per_s / 4,
-                            stop,
-                        )
-                    )
+        streams = [f"{config.kafka.topics[0]} (canonical JSON, {options.events_per_s:g}/s)"]
+        producer_per_s = options.events_per_s / 4  # each producer's own stream: a quarter
+        for entry in config.inputs.values():
+            if entry.format == "avro":  # the shop's orders, through the stand-in registry
+                traffic = avro_traffic(
+                    broker.bootstrap, entry.topic, registry.url, producer_per_s, stop
                 )
+                shape = "a shop's Avro"
+            elif entry.format == "json":  # the CRM's orders and leads in its own JSON
+                traffic = crm_traffic(broker.bootstrap, entry.topic, producer_per_s, stop)
+                shape = "a CRM's own JSON"
+            else:
+                continue
+            tasks.append(asyncio.create_task(traffic))
+            streams.append(f"{entry.topic} ({shape}, {producer_per_s:g}/s)")
         port = relay.http_port or http_port
         out.line(
             f"broker {broker.bootstrap}   metrics http://127.0.0.1:{port}/metrics   "
             f"status http://127.0.0.1:{port}/status   control {control_url}/vendors"
         )
+        out.line(f"  streams: {', '.join(streams)}")
         for name, sandbox in sandboxes.items():
             out.line(f"  sandbox {name}: {sandbox.base_url}")
         out.line(f"config written to {config_path}; try, in another shell:")

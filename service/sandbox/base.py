@@ -99,6 +99,11 @@ class Sandbox:
     answers: list[tuple[float, int]] = field(default_factory=list)  # (arrival time, status)
     host: str = "127.0.0.1"
     port: int = 0
+    # At most about this many of each record list kept (dev mode: memory stays flat however
+    # long `make run` runs); None keeps everything (tests read what was received).
+    keep: int | None = None
+    accepted_total: int = 0  # every request accepted, kept or not
+    refused_total: int = 0
     rng: Callable[[], float] = random.random
     serving: int = 0  # requests inside the max_concurrent limit now
     queued: int = 0  # requests waiting for it now
@@ -159,6 +164,7 @@ class Sandbox:
         """Forget what was received and clear every fault."""
         self.accepted.clear()
         self.refused.clear()
+        self.accepted_total = self.refused_total = 0
         self.request_times_s.clear()
         self.statuses.clear()
         self.answers.clear()
@@ -171,15 +177,15 @@ class Sandbox:
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(
             {
-                "accepted": len(self.accepted),
-                "refused": len(self.refused),
+                "accepted": self.accepted_total,
+                "refused": self.refused_total,
                 "statuses": {str(k): v for k, v in self.statuses.items()},
             }
         )
 
     def _answer(self, response: web.StreamResponse, arrived_s: float) -> web.StreamResponse:
         self.statuses[response.status] = self.statuses.get(response.status, 0) + 1
-        self.answers.append((arrived_s, response.status))
+        self._remember(self.answers, (arrived_s, response.status))
         return response
 
     def _over_rate(self, now_s: float) -> bool:
@@ -210,7 +216,7 @@ class Sandbox:
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         now_s = time.time()
-        self.request_times_s.append(now_s)
+        self._remember(self.request_times_s, now_s)
         faults = self.faults
         delay_s = faults.latency_s + faults.latency_jitter_s * self.rng()
         if delay_s > 0:
@@ -243,11 +249,21 @@ class Sandbox:
             payload=verdict.payload,
         )
         if isinstance(verdict, Refused):
-            self.refused.append(received)
+            self.refused_total += 1
+            self._remember(self.refused, received)
             return self._answer(verdict.response, now_s)
         if faults.reject_next > 0:
             faults.reject_next -= 1
-            self.refused.append(received)
+            self.refused_total += 1
+            self._remember(self.refused, received)
             return self._answer(self.contract.rejection(), now_s)
-        self.accepted.append(received)
+        self.accepted_total += 1
+        self._remember(self.accepted, received)
         return self._answer(verdict.response, now_s)
+
+    def _remember(self, items: list[Any], item: Any) -> None:
+        """Append, dropping the oldest past twice `keep` (amortised: one cut per `keep`)."""
+        items.append(item)
+        keep = self.keep
+        if keep is not None and len(items) > 2 * keep:
+            del items[: len(items) - keep]

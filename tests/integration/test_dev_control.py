@@ -7,6 +7,7 @@ import pytest
 
 from service.devtools.chaos import run_tour, tour
 from service.devtools.control import SandboxControl, start_control
+from service.sandbox.webhook import WebhookContract
 
 
 async def test_the_control_endpoint_breaks_and_heals_one_vendor(sandbox_factory) -> None:
@@ -95,5 +96,33 @@ async def test_the_control_endpoint_answers_400_for_a_value_out_of_its_modes_ran
             assert resp.status == 400
             assert named in (await resp.json())["error"]
         assert control.describe("a") == "ok"
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_control_endpoint_shows_the_last_requests_a_sandbox_accepted(
+    sandbox_factory,
+) -> None:
+    """GET /vendors/{name}/received: the last N accepted requests, parsed, oldest first."""
+    a = await sandbox_factory(WebhookContract())  # any JSON body is accepted
+    control = SandboxControl({"a": a})
+    runner, port = await start_control(control, 0)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            for n in range(3):
+                async with http.post(f"{a.base_url}/hook", json={"n": n}) as resp:
+                    assert resp.status == 200
+            async with http.get(f"{base}/vendors/a/received?last=2") as resp:
+                answer = await resp.json()
+            assert answer["accepted"] == 3
+            assert [r["payload"] for r in answer["last"]] == [{"n": 1}, {"n": 2}]
+            assert answer["last"][0]["path"] == "/hook"
+            async with http.get(f"{base}/vendors/a/received?last=0") as resp:
+                assert (await resp.json())["last"] == []
+            async with http.get(f"{base}/vendors/a/received?last=-1") as resp:
+                assert resp.status == 400
+            async with http.get(f"{base}/vendors/nosuch/received") as resp:
+                assert resp.status == 404
     finally:
         await runner.cleanup()

@@ -1,7 +1,8 @@
-"""A producer's own events, end to end on the real broker: a CRM's JSON topic and a CloudEvents
-topic (structured and binary) mapped by `inputs:` and delivered to a strict sandbox beside the
-canonical topic; a record whose mapping fails is dead-lettered as invalid_event naming the
-field."""
+"""A producer's own events, end to end on the real broker: a CRM's JSON topic, a CloudEvents
+topic (structured and binary) and a topic whose event id, time and customer come from the Kafka
+record's key, timestamp and headers (`@` paths), mapped by `inputs:` and delivered to a strict
+sandbox beside the canonical topic; a record whose mapping fails is dead-lettered as
+invalid_event naming the field."""
 
 from __future__ import annotations
 
@@ -36,6 +37,17 @@ INPUTS = {
             "customer.ids.sustain_impact": "$.subject",
         },
     },
+    "keyed": {
+        "topic": "",
+        "format": "json",
+        "fields": {
+            "event_id": "@key",
+            "goal": "purchase",
+            "occurred_at": "@timestamp | epoch_ms",
+            "customer.ids.sustain_impact": "@headers.customer",
+            "params.offset": "@offset | string",
+        },
+    },
 }
 
 
@@ -58,16 +70,17 @@ async def test_mapped_json_and_cloudevents_topics_are_delivered_and_a_bad_record
     dead-lettered once as invalid_event, its error naming occurred_at and its source."""
     sandbox = await sandbox_factory()
     crm_topic, ce_topic = f"{topics.source}.crm", f"{topics.source}.ce"
-    await create_topics(broker.bootstrap, {crm_topic: 2, ce_topic: 2})
+    keyed_topic = f"{topics.source}.keyed"
+    await create_topics(broker.bootstrap, {crm_topic: 2, ce_topic: 2, keyed_topic: 1})
     inputs = {
         name: {**entry, "topic": t}
-        for (name, entry), t in zip(INPUTS.items(), (crm_topic, ce_topic), strict=True)
+        for (name, entry), t in zip(INPUTS.items(), (crm_topic, ce_topic, keyed_topic), strict=True)
     }
     config = relay_config(
         broker, topics, {"sustain_impact": goal_reach_vendor(sandbox)}, inputs=inputs
     )
-    config["kafka"]["topics"] = [topics.source, crm_topic, ce_topic]
-    customers = [str(uuid.uuid4()) for _ in range(5)]
+    config["kafka"]["topics"] = [topics.source, crm_topic, ce_topic, keyed_topic]
+    customers = [str(uuid.uuid4()) for _ in range(6)]
     now_ms = int(datetime.now(UTC).timestamp() * 1000)
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
     await producer.start()
@@ -106,11 +119,19 @@ async def test_mapped_json_and_cloudevents_topics_are_delivered_and_a_bad_record
             "customer": {"ids": {"sustain_impact": customers[4]}},
         }
         await producer.send_and_wait(topics.source, orjson.dumps(canonical))
+        # The value holds nothing the mapping reads: key, timestamp and a header carry it all.
+        await producer.send_and_wait(
+            keyed_topic,
+            b"{}",
+            key=b"deal-42",
+            timestamp_ms=now_ms,
+            headers=[("customer", customers[5].encode())],
+        )
     finally:
         await producer.stop()
 
     relay = await run_relay(config)
-    await wait_for(lambda: len(sandbox.accepted) >= 5, 30, "5 mapped events delivered")
+    await wait_for(lambda: len(sandbox.accepted) >= 6, 30, "6 mapped events delivered")
     payloads = {p["CustomerId"]: p for p in sandbox.payloads()}
     assert set(payloads) == set(customers)
     assert all(p["GoalId"] == GOAL_PURCHASE for p in payloads.values())
@@ -121,7 +142,11 @@ async def test_mapped_json_and_cloudevents_topics_are_delivered_and_a_bad_record
         {"amount": "12.5"},
         {"amount": "7"},
         None,
+        {"offset": "0"},
     ]
+    # The keyed record's time is its Kafka timestamp (Goal Reach's CreatedOnUtc, to the second).
+    keyed_at = datetime.fromtimestamp(now_ms // 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    assert payloads[customers[5]]["CreatedOnUtc"].startswith(keyed_at)
     letters = await read_topic(broker.bootstrap, topics.dlq, 1)
     assert len(letters) == 1
     headers = {k: v.decode() for k, v in letters[0].headers}
@@ -129,7 +154,7 @@ async def test_mapped_json_and_cloudevents_topics_are_delivered_and_a_bad_record
     assert headers["relay-source-topic"] == crm_topic
     assert headers["relay-error"].startswith("occurred_at (from $.ts | epoch_ms): ")
     assert orjson.loads(letters[0].value)["ts"] == "yesterday"
-    assert len(sandbox.accepted) == 5
+    assert len(sandbox.accepted) == 6
     invalid = relay.metrics.registry.get_sample_value(
         "conversion_relay_events_invalid_total", {"vendor": "sustain_impact", "reason": "schema"}
     )

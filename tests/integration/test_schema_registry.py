@@ -1,8 +1,8 @@
-"""Avro in the Confluent Schema Registry wire format, against a stand-in registry
-(service/devtools/registry.py: the documented REST endpoints, Confluent's error bodies, outages and
-slowness): the client's answers and outages, and a drill where confluent-kafka's own
-AvroSerializer and librdkafka producer write into the embedded broker while the registry goes
-down mid-run."""
+"""Avro, Protobuf and JSON Schema in the Confluent Schema Registry wire format, against a
+stand-in registry (service/devtools/registry.py: the documented REST endpoints, Confluent's error
+bodies, outages and slowness): the client's answers and outages, a drill where confluent-kafka's
+own AvroSerializer and librdkafka producer write into the embedded broker while the registry
+goes down mid-run, and one where its ProtobufSerializer and JSONSerializer write."""
 
 from __future__ import annotations
 
@@ -19,15 +19,20 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient as ConfluentRegistry
 from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.schema_registry.json_schema import JSONSerializer
+from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from google.protobuf import descriptor_pool, message_factory
 
 from service.config import SchemaRegistryConfig
+from service.core.protobuf import ProtobufSchema
 from service.core.registry import UNKNOWN_SCHEMA, AvroSchema, Unusable
 from service.delivery.registry import SchemaRegistryClient
 from service.devtools.embedded import create_topics
-from service.devtools.registry import RegistryServer
+from service.devtools.registry import RegistryServer, proto_text
 from service.metrics import Metrics
 from tests.conftest import GOAL_PURCHASE, goal_reach_vendor, read_topic, relay_config, wait_for
+from tests.protobuf_order import message_class, order_file, schema_text
 
 ORDER_V1 = {
     "type": "record",
@@ -338,3 +343,198 @@ async def test_tls_to_the_registry_checks_its_ca_and_presents_the_client_certifi
         await trusted.aclose()
         await untrusted.aclose()
         await server.stop()
+
+
+# ---- Protobuf and JSON Schema ---------------------------------------------------------------
+
+
+def _proto_registered(server: RegistryServer, version: int = 1, **extra: Any) -> int:
+    return server.register("orders-value", schema_text(order_file(version)), "PROTOBUF", **extra)
+
+
+async def test_a_protobuf_schema_answered_as_proto_text_is_fetched_again_serialized(
+    registry,
+) -> None:
+    """The stand-in answers as a real registry does by default (.proto text rendered from what
+    was registered); the client asks again with ?format=serialized and compiles that."""
+    schema_id = _proto_registered(registry)
+    client = _client(registry)
+    try:
+        await _ready(client, schema_id)
+        assert isinstance(client.cached(schema_id), ProtobufSchema)
+        assert registry.requests["GET /schemas/ids/{id}"] == 2  # the text, then serialized
+    finally:
+        await client.aclose()
+    rendered = proto_text(schema_text(order_file()))
+    assert rendered.startswith('syntax = "proto3";\npackage shop;\n')
+    for line in (
+        'import "google/protobuf/timestamp.proto";',
+        "  map<string, string> attrs = 8;",
+        "  repeated string tags = 7;",
+        "  google.protobuf.Timestamp ts = 3;",
+        "  message Buyer {",
+    ):
+        assert line in rendered.splitlines(), line
+
+
+def _money_file() -> Any:
+    from google.protobuf import descriptor_pb2
+
+    common = descriptor_pb2.FileDescriptorProto(
+        name="shop/money.proto", package="shop.common", syntax="proto3"
+    )
+    money = common.message_type.add(name="Money")
+    money.field.add(name="cents", number=1, type=3, label=1)  # int64
+    money.field.add(name="currency", number=2, type=9, label=1)  # string
+    paid = descriptor_pb2.FileDescriptorProto(
+        name="shop/paid.proto",
+        package="shop",
+        syntax="proto3",
+        dependency=["shop/money.proto"],
+    )
+    order = paid.message_type.add(name="Paid")
+    order.field.add(name="uuid", number=1, type=9, label=1)
+    order.field.add(name="total", number=2, type=11, label=1, type_name=".shop.common.Money")
+    return common, paid
+
+
+async def test_protobuf_references_are_fetched_first_and_a_missing_one_is_undecodable(
+    registry,
+) -> None:
+    """confluent-kafka's ProtobufSerializer registers the imported shop/money.proto under its own
+    subject and lists it in the schema's references; the client fetches it (serialized) before
+    compiling the schema. A reference to a subject the registry lacks makes it undecodable."""
+    common, paid = _money_file()
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(common)
+    pool.Add(paid)
+    cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("shop.Paid"))
+    serializer = ProtobufSerializer(cls, ConfluentRegistry({"url": registry.url}))
+    record = cls(uuid="p-1", total={"cents": 2599, "currency": "EUR"})
+    context = SerializationContext("paid", MessageField.VALUE)
+    value = await asyncio.to_thread(serializer, record, context)
+    schema_id = int.from_bytes(value[1:5], "big")
+    reference = {"name": "shop/money.proto", "subject": "shop/money.proto", "version": 1}
+    assert registry.references[schema_id] == [reference]
+    missing = {**reference, "subject": "gone.proto"}
+    broken_id = registry.register("broken-value", schema_text(paid), "PROTOBUF", [missing])
+    client = _client(registry)
+    try:
+        await _ready(client, schema_id)
+        await _ready(client, broken_id)
+    finally:
+        await client.aclose()
+    schema = client.cached(schema_id)
+    assert isinstance(schema, ProtobufSchema)
+    assert schema.read(value[5:]) == {"uuid": "p-1", "total": {"cents": 2599, "currency": "EUR"}}
+    assert registry.requests["GET /subjects/{subject}/versions/{version}"] == 2
+    broken = client.cached(broken_id)
+    assert isinstance(broken, Unusable) and broken.dlq_reason == "undecodable"
+    assert broken.message == (
+        f"schema {broken_id} imports shop/money.proto (subject gone.proto version 1), which is "
+        "not in the registry"
+    )
+
+
+ORDER_JSON_SCHEMA = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "title": "Order",
+    "type": "object",
+    "properties": {
+        "uuid": {"type": "string"},
+        "type": {"type": "string"},
+        "ts": {"type": "integer"},
+        "total_cents": {"type": "integer", "minimum": 0},
+        "crm_id": {"type": "string"},
+    },
+    "required": ["uuid", "type", "ts", "total_cents", "crm_id"],
+}
+PROTO_FIELDS = {
+    "event_id": "$.uuid",
+    "goal": {"from": "$.kind", "map": {"ORDER_PAID": "purchase"}},
+    "occurred_at": "$.ts",
+    "value": "$.total_cents / 100",
+    "customer.ids.sustain_impact": "$.buyer.crm_id",
+    "params.channel": {"from": "$.channel", "default": "web"},
+}
+
+
+def _proto_values(url: str, topic: str, version: int, orders: list[dict[str, Any]]) -> list[bytes]:
+    """Values as confluent-kafka's own ProtobufSerializer writes them (registering the schema),
+    the message class built at runtime from the FileDescriptorProto."""
+    cls = message_class(order_file(version), "shop.Order")
+    serializer = ProtobufSerializer(cls, ConfluentRegistry({"url": url}))
+    context = SerializationContext(topic, MessageField.VALUE)
+    values = []
+    for order in orders:
+        message = cls(
+            uuid=order["uuid"],
+            kind=1,
+            total_cents=order["total_cents"],
+            buyer={"crm_id": order["crm_id"]},
+            **({"channel": "app"} if version >= 2 else {}),
+        )
+        message.ts.FromMilliseconds(order["ts"])
+        values.append(serializer(message, context))
+    return values
+
+
+def _json_values(url: str, topic: str, orders: list[dict[str, Any]]) -> list[bytes]:
+    """Values as confluent-kafka's own JSONSerializer writes them (validated, registered)."""
+    serializer = JSONSerializer(
+        orjson.dumps(ORDER_JSON_SCHEMA).decode(), ConfluentRegistry({"url": url})
+    )
+    context = SerializationContext(topic, MessageField.VALUE)
+    return [serializer(order, context) for order in orders]
+
+
+@pytest.mark.timeout(120)
+async def test_protobuf_and_json_schema_records_from_confluent_serializers_are_delivered(
+    broker, topics, sandbox_factory, run_relay, registry
+):
+    """confluent-kafka's ProtobufSerializer (two schema versions: the older id still decodes)
+    and JSONSerializer write orders that librdkafka produces; the relay decodes each through the
+    stand-in registry and delivers every one, 0 rejected. A protobuf record on the JSON Schema
+    topic and a JSON document failing its schema are dead-lettered as undecodable."""
+    sandbox = await sandbox_factory()
+    proto_topic, json_topic = f"{topics.source}.proto", f"{topics.source}.jsonschema"
+    await create_topics(broker.bootstrap, {proto_topic: 2, json_topic: 1})
+    inputs = {
+        "mobile": {"topic": proto_topic, "format": "protobuf", "fields": PROTO_FIELDS},
+        "web": {"topic": json_topic, "format": "json_schema", "fields": FIELDS},
+    }
+    config = relay_config(
+        broker,
+        topics,
+        {"sustain_impact": goal_reach_vendor(sandbox)},
+        inputs=inputs,
+        schema_registry={"url": registry.url, "retry_interval_s": 0.5, "timeout_s": 1.0},
+    )
+    config["kafka"]["topics"] = [topics.source, proto_topic, json_topic]
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    v1_orders, v2_orders, json_orders = (
+        _orders(15, now_ms),
+        _orders(15, now_ms),
+        _orders(15, now_ms),
+    )
+    v1 = await asyncio.to_thread(_proto_values, registry.url, proto_topic, 1, v1_orders)
+    v2 = await asyncio.to_thread(_proto_values, registry.url, proto_topic, 2, v2_orders)
+    documents = await asyncio.to_thread(_json_values, registry.url, json_topic, json_orders)
+    assert v1[0][:6] != v2[0][:6] and v1[0][5] == 0  # two ids; the single-0 index shortcut
+    invalid = documents[0][:5] + orjson.dumps({**json_orders[0], "total_cents": -5})
+    await asyncio.to_thread(_produce, broker.bootstrap, proto_topic, [*v1, *v2])
+    await asyncio.to_thread(_produce, broker.bootstrap, json_topic, [*documents, v1[0], invalid])
+
+    relay = await run_relay(config)
+    await wait_for(lambda: len(sandbox.accepted) >= 45, 60, "every order delivered")
+    letters = await read_topic(broker.bootstrap, topics.dlq, 2)
+    assert [dict(letter.headers)["relay-reason"] for letter in letters] == [b"undecodable"] * 2
+    errors = sorted(dict(letter.headers)["relay-error"].decode() for letter in letters)
+    assert errors[0].startswith(f"does not match schema {documents[0][4]} at $.total_cents")
+    assert errors[1] == (f"schema {v1[0][4]} is PROTOBUF; inputs.web.format is json_schema")
+    await asyncio.sleep(0.5)
+    assert len(sandbox.accepted) == 45 and not sandbox.refused
+    payloads = {p["CustomerId"]: p for p in sandbox.payloads()}
+    assert set(payloads) == {o["crm_id"] for o in v1_orders + v2_orders + json_orders}
+    assert all(p["GoalId"] == GOAL_PURCHASE for p in payloads.values())
+    assert relay.status()["schema_registry"]["schemas_cached"] == 3

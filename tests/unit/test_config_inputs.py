@@ -197,6 +197,32 @@ def test_map_reads_binary_cloudevents_headers_and_json_lines(
     assert capsys.readouterr().err.count("record ") == 2
 
 
+def test_map_gives_record_paths_the_key_timestamp_and_headers_it_is_told(tmp_path: Path, capsys):
+    """`--key`, `--timestamp-ms` and `--header` are what `@key`, `@timestamp` and `@headers.X`
+    read; without them a required field from one fails, naming it."""
+    path = tmp_path / "keyed.yaml"
+    fields = {
+        "event_id": "@key",
+        "goal": "$.type",
+        "occurred_at": "@timestamp | epoch_ms",
+        "attributes.tenant": "@headers.tenant",
+        "attributes.offset": "@offset | string",
+    }
+    path.write_text(yaml.safe_dump(_config(keyed={"topic": "crm.orders", "fields": fields})))
+    args = ["map", "--config", str(path), "--topic", "crm.orders"]
+    sample = _sample(tmp_path, {"type": "purchase"})
+    told = ["--key", "deal-9", "--timestamp-ms", "1765100000000", "--header", "tenant=acme"]
+    assert main([*args, *told, sample]) == 0
+    assert orjson.loads(capsys.readouterr().out) == {
+        "event_id": "deal-9",
+        "goal": "purchase",
+        "occurred_at": "2025-12-07T09:33:20Z",
+        "attributes": {"tenant": "acme", "offset": "0"},
+    }
+    assert main([*args, "--key", "deal-9", sample]) == 1
+    assert "occurred_at (from @timestamp | epoch_ms): missing or null" in capsys.readouterr().err
+
+
 def test_map_on_a_canonical_topic_and_on_an_unknown_one(config_file: Path, tmp_path: Path, capsys):
     """A topic without an input reads the canonical event; a topic the config does not read is
     a usage error (exit 2) naming the topics it does."""

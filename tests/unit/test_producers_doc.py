@@ -40,8 +40,9 @@ def _write(path: Path, body: str | bytes) -> None:
 
 @pytest.fixture
 def registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[RegistryServer]:
-    """The stand-in Schema Registry the Avro example's config names (${SCHEMA_REGISTRY_URL}),
-    holding the page's order.avsc as schema id 1, on its own thread (the CLI blocks)."""
+    """The stand-in Schema Registry the examples' configs name (${SCHEMA_REGISTRY_URL}),
+    holding the page's order.avsc as schema id 1 and order.schema.json as id 2, on its own
+    thread (the CLI blocks)."""
     server = RegistryServer(username="relay", password=_REGISTRY_PASSWORD)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -50,6 +51,9 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[RegistryServer]:
     schema = _files()["order.avsc"]
     assert isinstance(schema, str)
     assert server.register("shop.orders-value", schema) == 1
+    json_schema = _files()["order.schema.json"]
+    assert isinstance(json_schema, str)
+    assert server.register("web.orders-value", json_schema, "JSON") == 2
     monkeypatch.setenv("SCHEMA_REGISTRY_URL", server.url)
     monkeypatch.setenv("SCHEMA_REGISTRY_PASSWORD", _REGISTRY_PASSWORD)
     yield server
@@ -80,12 +84,14 @@ def _commands() -> list[tuple[str, str]]:
 
 
 def test_the_page_holds_the_examples_the_guide_promises():
-    """A CRM's JSON, CloudEvents in both modes, and Avro through a Schema Registry."""
+    """A CRM's JSON, CloudEvents in both modes, and Avro, Protobuf and JSON Schema through a
+    Schema Registry."""
     files, text = _files(), PAGE.read_text(encoding="utf-8")
     assert {"crm.yaml", "crm-order.json", "platform.yaml", "structured.json", "data.json"} <= set(
         files
     )
     assert {"shop.yaml", "order.avsc", "order.bin"} <= set(files)
+    assert {"mobile.yaml", "web.yaml", "order.schema.json", "web-order.bin"} <= set(files)
     assert "not yet" not in text.partition("## Avro with a Schema Registry")[2][:300]
     commands = [c for c, _ in _commands()]
     assert any("ce_specversion=1.0" in c for c in commands)
@@ -110,7 +116,9 @@ def test_each_command_prints_what_the_page_says(
     assert code == (1 if fails else 0)
 
 
-@pytest.mark.parametrize("name", ["crm.yaml", "platform.yaml", "shop.yaml"])
+@pytest.mark.parametrize(
+    "name", ["crm.yaml", "platform.yaml", "shop.yaml", "mobile.yaml", "web.yaml"]
+)
 def test_each_example_config_passes_check_config(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, registry
 ):

@@ -162,11 +162,13 @@ def test_the_schema_cache_keeps_max_schemas_dropping_the_least_recently_used() -
     assert cache.get(2) is None and cache.get(1) is not None and cache.get(3) is not None
 
 
-def test_a_schema_that_is_not_avro_or_not_valid_decodes_nothing_and_says_why() -> None:
-    proto = compile_schema(4, "PROTOBUF", 'syntax = "proto3";')
+def test_a_schema_that_is_not_valid_or_of_no_known_type_decodes_nothing_and_says_why() -> None:
     broken = compile_schema(5, "AVRO", '{"type": "record"}')
-    assert isinstance(proto, Unusable) and "AVRO only" in proto.message
+    unknown = compile_schema(4, "XML", "<order/>")
     assert isinstance(broken, Unusable) and broken.dlq_reason == UNDECODABLE
+    assert isinstance(unknown, Unusable) and unknown.message == (
+        "schema 4 is XML, which no input decodes"
+    )
 
 
 def test_an_avro_input_checks_its_mapping_like_a_json_one() -> None:

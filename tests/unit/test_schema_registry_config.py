@@ -41,6 +41,20 @@ def test_an_avro_input_needs_a_schema_registry_section() -> None:
     assert _problems(_config()) == ["inputs.shop.format: avro needs a `schema_registry:` section"]
 
 
+def test_protobuf_and_json_schema_inputs_need_a_schema_registry_section_too() -> None:
+    data = _config()
+    data["kafka"]["topics"] = ["shop.orders", "web.orders"]
+    data["inputs"] = {
+        "mobile": {"topic": "shop.orders", "format": "protobuf", "fields": FIELDS},
+        "web": {"topic": "web.orders", "format": "json_schema", "fields": FIELDS},
+    }
+    assert _problems(data) == [
+        "inputs.mobile.format: protobuf needs a `schema_registry:` section",
+        "inputs.web.format: json_schema needs a `schema_registry:` section",
+    ]
+    parse_config({**data, "schema_registry": {"url": "https://sr:8081"}}, {})
+
+
 def test_basic_auth_needs_both_halves_and_a_key_needs_its_certificate() -> None:
     problems = _problems(
         _config(
