@@ -29,6 +29,8 @@ REASONS = (
     "undecodable",
 )
 BY_FIELDS = ("vendor", "reason", "status", "state", "hour", "day")
+# How long `inspect --follow` waits for its consumer to close after Ctrl-C.
+_FOLLOW_CLOSE_S = 3.0
 
 
 def _since(text: str) -> datetime:
@@ -174,12 +176,31 @@ def _follow(config: Any, letters: Any, ends: dict[Any, int]) -> int:
 
     print("following new letters (Ctrl-C to stop)", flush=True)
 
-    async def go() -> None:
+    async def show() -> None:
         async for info in follow_letters(config.kafka, config.dlq.topic, ends):
             if letters.matches(info):
                 row = _letter_row(info, datetime.now(UTC))
                 fields = ("failed_at", "event_id", "vendor", "reason", "status", "error")
                 print(printable("  ".join(str(row[f] or "-") for f in fields)), flush=True)
+
+    async def go() -> None:
+        # Ctrl-C (or SIGTERM) sets an event the loop owns, instead of a KeyboardInterrupt
+        # landing wherever the loop happens to be; the consumer's close is then bounded, so
+        # the command ends within a few seconds whatever the broker does.
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        following = asyncio.create_task(show())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({following, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if following.done():
+            following.result()  # a Kafka error ends the command with its message
+            return
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(following, _FOLLOW_CLOSE_S)
 
     with contextlib.suppress(KeyboardInterrupt):
         common.run_async_value(go())
