@@ -239,8 +239,14 @@ async def test_the_default_list_shows_the_vendors_reason_when_http_said_200(
 async def test_inspect_follow_prints_letters_as_they_arrive_until_ctrl_c(
     broker, topics, sandbox_factory, tmp_path
 ):
-    """`--follow` keeps reading: a letter written after the start shows up; Ctrl-C ends it."""
+    """`--follow` keeps reading: a letter written after the start shows up; Ctrl-C ends it,
+    also when it was started with SIGINT ignored, as a shell starts a background job (`cmd &`
+    in a script, nohup): Python then installs no KeyboardInterrupt, and it followed for ever."""
     _, path, _ = await _letters(tmp_path, broker, topics, sandbox_factory)
+
+    def as_a_background_job() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -253,6 +259,7 @@ async def test_inspect_follow_prints_letters_as_they_arrive_until_ctrl_c(
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=as_a_background_job,
     )
     assert proc.stdout is not None
     seen = b""
@@ -265,5 +272,10 @@ async def test_inspect_follow_prints_letters_as_they_arrive_until_ctrl_c(
     line = await asyncio.wait_for(proc.stdout.readline(), 30)
     assert orjson.loads(late)["event_id"].encode() in line and b"expired" in line, line
     proc.send_signal(signal.SIGINT)
-    await asyncio.wait_for(proc.wait(), 30)
+    try:
+        await asyncio.wait_for(proc.wait(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()  # never left following after the test
+            await proc.wait()
     assert proc.returncode == 0
